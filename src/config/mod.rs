@@ -1,0 +1,510 @@
+//! Configuration: the TOML file of DESIGN.md §4, parsed and checked.
+//!
+//! `raw` is the file as written (serde, spans); this module turns it into the
+//! typed [`Config`] the rest of the proxy uses, collecting every problem with
+//! its file, line and key. Nothing here touches the network; certificate
+//! files are read by `tls::load`, which reports through the same
+//! [`ConfigError`] shape using the locations kept here.
+
+pub mod error;
+pub mod raw;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use error::{ConfigError, ConfigErrors, Location};
+pub use raw::{Identity, ListenerMode, LogFormat, LogLevel, MinVersion, TlsPolicy};
+
+use raw::RawConfig;
+use toml::Spanned;
+
+/// Default path of the config file.
+pub const DEFAULT_PATH: &str = "/etc/starttls-proxy/starttls-proxy.toml";
+
+/// A checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from (for messages).
+    pub path: PathBuf,
+    pub hostname: String,
+    pub listeners: Vec<ListenerConfig>,
+    pub tls: TlsConfig,
+    pub certificates: Vec<CertificateConfig>,
+    pub backends: Vec<BackendConfig>,
+    pub metrics: Option<SocketAddr>,
+    pub log: LogConfig,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub reload: ReloadConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    pub mode: ListenerMode,
+    pub tls: TlsPolicy,
+    /// Index into [`Config::backends`].
+    pub backend: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub min_version: MinVersion,
+    pub session_tickets: u32,
+    /// Index into [`Config::certificates`].
+    pub default_certificate: usize,
+    pub trust_anchors: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CertificateConfig {
+    pub name: String,
+    pub chain: PathBuf,
+    pub key: PathBuf,
+    /// Key path of this entry, e.g. `certificate[1]`.
+    pub key_path: String,
+    pub chain_at: Location,
+    pub key_at: Location,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    pub name: String,
+    pub target: BackendTarget,
+    pub identity: Identity,
+    pub received_header: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum BackendTarget {
+    /// Real MTAs, tried in order.
+    Servers(Vec<SocketAddr>),
+    /// The built-in sink: a Maildir.
+    Sink(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: LogLevel,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: u32,
+    pub max_connections_per_ip: u32,
+    pub line_length: usize,
+    pub max_errors: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub command: Duration,
+    pub handshake: Duration,
+    pub session: Duration,
+    pub backend_connect: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ReloadConfig {
+    pub debounce: Duration,
+    pub poll_interval: Duration,
+}
+
+/// Smallest line limit that still holds any RFC 5321 command (512 octets).
+const MIN_LINE_LENGTH: u32 = 512;
+
+impl Config {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let source = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(
+                path,
+                Location { line: 0, column: 0 },
+                "",
+                format!("cannot read config file: {e}"),
+            )
+        })?;
+        Self::parse(path, &source)
+    }
+
+    /// Parses `source` as if read from `path`.
+    pub fn parse(path: &Path, source: &str) -> Result<Config, ConfigErrors> {
+        let raw = parse_raw(path, source)?;
+        Checker {
+            path,
+            source,
+            errors: Vec::new(),
+        }
+        .check(raw)
+    }
+
+    /// The certificate a client without a matching SNI gets.
+    pub fn default_certificate(&self) -> &CertificateConfig {
+        &self.certificates[self.tls.default_certificate]
+    }
+}
+
+fn parse_raw(path: &Path, source: &str) -> Result<RawConfig, ConfigError> {
+    let de = toml::Deserializer::parse(source).map_err(|e| toml_error(path, source, "", &e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = clean_key_path(&e.path().to_string());
+        toml_error(path, source, &key, e.inner())
+    })
+}
+
+fn toml_error(path: &Path, source: &str, key: &str, e: &toml::de::Error) -> ConfigError {
+    let message = e.message().trim_end().to_string();
+    ConfigError::new(path, Location::from_span(source, e.span()), key, message)
+}
+
+/// serde_path_to_error renders `listener[0].tls` as `listener[0].tls`, but
+/// `Spanned` adds private segments and an empty path renders as `.`.
+fn clean_key_path(p: &str) -> String {
+    p.split('.')
+        .filter(|seg| !seg.is_empty() && !seg.starts_with("$__serde_spanned"))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+struct Checker<'a> {
+    path: &'a Path,
+    source: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn at<T>(&self, s: &Spanned<T>) -> Location {
+        Location::from_span(self.source, Some(s.span()))
+    }
+
+    fn error<T>(&mut self, s: &Spanned<T>, key: impl Into<String>, message: impl Into<String>) {
+        let e = ConfigError::new(self.path, self.at(s), key, message);
+        self.errors.push(e);
+    }
+
+    fn check(mut self, raw: RawConfig) -> Result<Config, ConfigErrors> {
+        let hostname = raw.hostname.get_ref().trim().to_ascii_lowercase();
+        if !is_dns_name(&hostname) {
+            self.error(
+                &raw.hostname,
+                "hostname",
+                format!(
+                    "{:?} is not a fully qualified host name",
+                    raw.hostname.get_ref()
+                ),
+            );
+        }
+
+        let backends = self.backends(&raw);
+        let backend_index: HashMap<&str, usize> = backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.name.as_str(), i))
+            .collect();
+        let listeners = self.listeners(&raw, &backend_index);
+        let certificates = self.certificates(&raw);
+        let tls = self.tls(&raw, &certificates);
+
+        let limits = Limits {
+            max_connections: self.positive(&raw.limits.max_connections, "limits.max_connections"),
+            max_connections_per_ip: self.positive(
+                &raw.limits.max_connections_per_ip,
+                "limits.max_connections_per_ip",
+            ),
+            line_length: self.line_length(&raw.limits.line_length) as usize,
+            max_errors: self.positive(&raw.limits.max_errors, "limits.max_errors"),
+        };
+        let t = &raw.timeouts;
+        let timeouts = Timeouts {
+            command: t.command.0,
+            handshake: t.handshake.0,
+            session: t.session.0,
+            backend_connect: t.backend_connect.0,
+            shutdown_grace: t.shutdown_grace.0,
+        };
+        let reload = ReloadConfig {
+            debounce: raw.reload.debounce.0,
+            poll_interval: raw.reload.poll_interval.0,
+        };
+
+        if !self.errors.is_empty() {
+            return Err(ConfigErrors(self.errors));
+        }
+        let Some(tls) = tls else {
+            // tls() only returns None after recording an error.
+            return Err(ConfigErrors(self.errors));
+        };
+        Ok(Config {
+            path: self.path.to_path_buf(),
+            hostname,
+            listeners,
+            tls,
+            certificates,
+            backends,
+            metrics: raw.metrics.map(|m| m.listen.into_inner()),
+            log: LogConfig {
+                format: raw.log.format,
+                level: raw.log.level,
+            },
+            limits,
+            timeouts,
+            reload,
+        })
+    }
+
+    fn positive(&mut self, v: &Spanned<u32>, key: &str) -> u32 {
+        if *v.get_ref() == 0 {
+            self.error(v, key, "must be at least 1");
+        }
+        *v.get_ref()
+    }
+
+    fn line_length(&mut self, v: &Spanned<u32>) -> u32 {
+        if *v.get_ref() < MIN_LINE_LENGTH {
+            self.error(
+                v,
+                "limits.line_length",
+                format!("must be at least {MIN_LINE_LENGTH} (RFC 5321 §4.5.3.1.4)"),
+            );
+        }
+        *v.get_ref()
+    }
+
+    fn backends(&mut self, raw: &RawConfig) -> Vec<BackendConfig> {
+        let mut out: Vec<BackendConfig> = Vec::new();
+        for (i, b) in raw.backend.iter().enumerate() {
+            let key = format!("backend[{i}]");
+            let name = b.get_ref().name.get_ref().clone();
+            if name.is_empty() {
+                self.error(
+                    &b.get_ref().name,
+                    format!("{key}.name"),
+                    "must not be empty",
+                );
+            } else if out.iter().any(|o| o.name == name) {
+                self.error(
+                    &b.get_ref().name,
+                    format!("{key}.name"),
+                    format!("a backend named {name:?} is already defined"),
+                );
+            }
+            let b = b.get_ref();
+            // On error the entry is still kept (with no servers) so that
+            // listeners naming it do not report a second, misleading error.
+            let target = match (&b.servers, &b.sink) {
+                (Some(s), None) if s.get_ref().is_empty() => {
+                    self.error(s, format!("{key}.servers"), "must list at least one server");
+                    BackendTarget::Servers(Vec::new())
+                }
+                (Some(s), None) => BackendTarget::Servers(s.get_ref().clone()),
+                (None, Some(p)) => BackendTarget::Sink(p.get_ref().clone()),
+                (Some(s), Some(_)) => {
+                    self.error(
+                        s,
+                        format!("{key}.servers"),
+                        "give either `servers` or `sink`, not both",
+                    );
+                    BackendTarget::Servers(Vec::new())
+                }
+                (None, None) => {
+                    self.error(
+                        &b.name,
+                        key.clone(),
+                        "needs `servers` (real MTAs) or `sink` (a Maildir)",
+                    );
+                    BackendTarget::Servers(Vec::new())
+                }
+            };
+            let identity = b.identity.as_ref().map_or(Identity::None, |i| *i.get_ref());
+            if let Some(id) = &b.identity {
+                if *id.get_ref() != Identity::None {
+                    self.error(
+                        id,
+                        format!("{key}.identity"),
+                        format!(
+                            "{:?} is not implemented in this version yet; use \"none\"",
+                            id.get_ref().as_str()
+                        ),
+                    );
+                }
+            }
+            if let Some(r) = &b.received_header {
+                if *r.get_ref() {
+                    self.error(
+                        r,
+                        format!("{key}.received_header"),
+                        "not implemented in this version yet",
+                    );
+                }
+            }
+            out.push(BackendConfig {
+                name,
+                target,
+                identity,
+                received_header: b.received_header.as_ref().is_some_and(|r| *r.get_ref()),
+            });
+        }
+        out
+    }
+
+    fn listeners(
+        &mut self,
+        raw: &RawConfig,
+        backends: &HashMap<&str, usize>,
+    ) -> Vec<ListenerConfig> {
+        if raw.listener.is_empty() {
+            self.error(
+                &raw.hostname,
+                "listener",
+                "at least one [[listener]] is required",
+            );
+        }
+        let mut out: Vec<ListenerConfig> = Vec::new();
+        for (i, l) in raw.listener.iter().enumerate() {
+            let key = format!("listener[{i}]");
+            let l = l.get_ref();
+            let address = *l.address.get_ref();
+            if out.iter().any(|o| o.address == address) {
+                self.error(
+                    &l.address,
+                    format!("{key}.address"),
+                    format!("{address} is already used by another listener"),
+                );
+            }
+            if let Some(pp) = &l.proxy_protocol {
+                self.error(
+                    pp,
+                    format!("{key}.proxy_protocol"),
+                    "inbound PROXY protocol is not implemented in this version yet",
+                );
+            }
+            let name = l.backend.get_ref();
+            let Some(&backend) = backends.get(name.as_str()) else {
+                let mut known: Vec<_> = backends.keys().map(|k| format!("{k:?}")).collect();
+                known.sort();
+                self.error(
+                    &l.backend,
+                    format!("{key}.backend"),
+                    format!(
+                        "no [[backend]] named {name:?} (known: {})",
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+                continue;
+            };
+            out.push(ListenerConfig {
+                address,
+                mode: l.mode,
+                tls: l.tls,
+                backend,
+            });
+        }
+        out
+    }
+
+    fn certificates(&mut self, raw: &RawConfig) -> Vec<CertificateConfig> {
+        let mut out: Vec<CertificateConfig> = Vec::new();
+        for (i, c) in raw.certificate.iter().enumerate() {
+            let key_path = format!("certificate[{i}]");
+            let c = c.get_ref();
+            let name = c.name.get_ref().clone();
+            if name.is_empty() {
+                self.error(&c.name, format!("{key_path}.name"), "must not be empty");
+            } else if out.iter().any(|o| o.name == name) {
+                self.error(
+                    &c.name,
+                    format!("{key_path}.name"),
+                    format!("a certificate named {name:?} is already defined"),
+                );
+            }
+            out.push(CertificateConfig {
+                name,
+                chain: c.chain.get_ref().clone(),
+                key: c.key.get_ref().clone(),
+                key_path,
+                chain_at: self.at(&c.chain),
+                key_at: self.at(&c.key),
+            });
+        }
+        out
+    }
+
+    fn tls(&mut self, raw: &RawConfig, certs: &[CertificateConfig]) -> Option<TlsConfig> {
+        let t = &raw.tls;
+        let default_certificate = match (&t.default_certificate, certs.len()) {
+            (_, 0) => {
+                self.error(
+                    &raw.hostname,
+                    "certificate",
+                    "at least one [[certificate]] is required",
+                );
+                return None;
+            }
+            (None, 1) => 0,
+            (None, _) => {
+                self.error(&raw.hostname, "tls.default_certificate", format!(
+                    "required when more than one certificate is configured: name the one senders without SNI get (one of {})",
+                    quoted_names(certs)
+                ));
+                return None;
+            }
+            (Some(d), _) => match certs.iter().position(|c| &c.name == d.get_ref()) {
+                Some(i) => i,
+                None => {
+                    self.error(
+                        d,
+                        "tls.default_certificate",
+                        format!(
+                            "no [[certificate]] named {:?} (known: {})",
+                            d.get_ref(),
+                            quoted_names(certs)
+                        ),
+                    );
+                    return None;
+                }
+            },
+        };
+        Some(TlsConfig {
+            min_version: t.min_version,
+            session_tickets: t.session_tickets,
+            default_certificate,
+            trust_anchors: t.trust_anchors.as_ref().map(|p| p.get_ref().clone()),
+        })
+    }
+}
+
+fn quoted_names(certs: &[CertificateConfig]) -> String {
+    certs
+        .iter()
+        .map(|c| format!("{:?}", c.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A syntactically valid DNS host name with at least two labels.
+pub fn is_dns_name(s: &str) -> bool {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    !s.is_empty()
+        && s.len() <= 253
+        && s.contains('.')
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+#[cfg(test)]
+mod tests;

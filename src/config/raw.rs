@@ -1,0 +1,301 @@
+//! The config file as written: serde structs, unknown keys refused.
+//!
+//! Values a later check may reject are wrapped in `Spanned` so that the
+//! error can name the line. Values that can be checked while parsing
+//! (durations, addresses, enums) are checked by serde itself, which gives
+//! the error its span and key path for free.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub hostname: Spanned<String>,
+    #[serde(default)]
+    pub listener: Vec<Spanned<RawListener>>,
+    #[serde(default)]
+    pub tls: RawTls,
+    #[serde(default)]
+    pub certificate: Vec<Spanned<RawCertificate>>,
+    #[serde(default)]
+    pub backend: Vec<Spanned<RawBackend>>,
+    pub metrics: Option<RawMetrics>,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    #[serde(default)]
+    pub reload: RawReload,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub address: Spanned<SocketAddr>,
+    #[serde(default)]
+    pub mode: ListenerMode,
+    #[serde(default)]
+    pub tls: TlsPolicy,
+    pub backend: Spanned<String>,
+    pub proxy_protocol: Option<Spanned<RawProxyProtocol>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxyProtocol {
+    pub version: u8,
+    #[serde(default)]
+    pub trusted: Vec<String>,
+}
+
+/// `mode` of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListenerMode {
+    /// Plaintext greeting, TLS after `STARTTLS` (ports 25, 587).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Implicit,
+}
+
+impl ListenerMode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Starttls => "starttls",
+            Self::Implicit => "implicit",
+        }
+    }
+}
+
+/// `tls` of a listener: what happens to a transaction started without TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsPolicy {
+    /// RFC 3207 on port 25: a sender that does not STARTTLS is relayed in plaintext.
+    #[default]
+    Opportunistic,
+    /// `530 5.7.0 Must issue a STARTTLS command first`.
+    Required,
+}
+
+impl TlsPolicy {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Opportunistic => "opportunistic",
+            Self::Required => "required",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    #[serde(default)]
+    pub min_version: MinVersion,
+    #[serde(default)]
+    pub session_tickets: u32,
+    pub default_certificate: Option<Spanned<String>>,
+    pub trust_anchors: Option<Spanned<PathBuf>>,
+}
+
+impl Default for RawTls {
+    fn default() -> Self {
+        Self {
+            min_version: MinVersion::default(),
+            session_tickets: 0,
+            default_certificate: None,
+            trust_anchors: None,
+        }
+    }
+}
+
+/// The lowest TLS version accepted; never below 1.2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum MinVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub name: Spanned<String>,
+    pub chain: Spanned<PathBuf>,
+    pub key: Spanned<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub servers: Option<Spanned<Vec<SocketAddr>>>,
+    pub identity: Option<Spanned<Identity>>,
+    #[serde(default)]
+    pub received_header: Option<Spanned<bool>>,
+    pub sink: Option<Spanned<PathBuf>>,
+}
+
+/// How the client's identity reaches the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Identity {
+    ProxyV2,
+    ProxyV1,
+    Xclient,
+    #[default]
+    None,
+}
+
+impl Identity {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::ProxyV2 => "proxy-v2",
+            Self::ProxyV1 => "proxy-v1",
+            Self::Xclient => "xclient",
+            Self::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: Spanned<SocketAddr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    #[serde(default)]
+    pub format: LogFormat,
+    #[serde(default)]
+    pub level: LogLevel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Warn => "warn",
+            Self::Info => "info",
+            Self::Debug => "debug",
+            Self::Trace => "trace",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    pub max_connections: Spanned<u32>,
+    pub max_connections_per_ip: Spanned<u32>,
+    pub line_length: Spanned<u32>,
+    pub max_errors: Spanned<u32>,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: Spanned::new(0..0, 10_000),
+            max_connections_per_ip: Spanned::new(0..0, 50),
+            line_length: Spanned::new(0..0, 4096),
+            max_errors: Spanned::new(0..0, 10),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTimeouts {
+    pub command: HumanDuration,
+    pub handshake: HumanDuration,
+    pub session: HumanDuration,
+    pub backend_connect: HumanDuration,
+    pub shutdown_grace: HumanDuration,
+}
+
+impl Default for RawTimeouts {
+    fn default() -> Self {
+        Self {
+            command: HumanDuration(Duration::from_secs(300)),
+            handshake: HumanDuration(Duration::from_secs(30)),
+            session: HumanDuration(Duration::from_secs(3600)),
+            backend_connect: HumanDuration(Duration::from_secs(30)),
+            shutdown_grace: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawReload {
+    pub debounce: HumanDuration,
+    pub poll_interval: HumanDuration,
+}
+
+impl Default for RawReload {
+    fn default() -> Self {
+        Self {
+            debounce: HumanDuration(Duration::from_millis(500)),
+            poll_interval: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// A duration written as a humantime string ("30s", "5m", "500ms").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = HumanDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a duration such as "30s", "5m" or "500ms""#)
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<HumanDuration, E> {
+                humantime::parse_duration(s)
+                    .map(HumanDuration)
+                    .map_err(|e| {
+                        E::custom(format!(
+                            "invalid duration {s:?}: {e} (write e.g. \"30s\", \"5m\")"
+                        ))
+                    })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}

@@ -1,0 +1,194 @@
+use super::*;
+
+const GOOD: &str = r#"
+hostname = "mx1.example.test"
+
+[[listener]]
+address = "127.0.0.1:2525"
+backend = "sink"
+
+[[listener]]
+address = "[::1]:2525"
+tls = "required"
+backend = "postfix"
+
+[tls]
+default_certificate = "mx1"
+
+[[certificate]]
+name = "mx1"
+chain = "certs.example/mx1.example.test/fullchain.pem"
+key = "certs.example/mx1.example.test/privkey.pem"
+
+[[certificate]]
+name = "tenant2"
+chain = "a.pem"
+key = "b.pem"
+
+[[backend]]
+name = "sink"
+sink = "var/mail"
+
+[[backend]]
+name = "postfix"
+servers = ["127.0.0.1:10025", "127.0.0.1:10026"]
+
+[timeouts]
+command = "5m"
+handshake = "10s"
+"#;
+
+fn parse(src: &str) -> Result<Config, ConfigErrors> {
+    Config::parse(Path::new("test.toml"), src)
+}
+
+fn one_error(src: &str) -> String {
+    match parse(src) {
+        Ok(_) => panic!("config was accepted"),
+        Err(e) => {
+            assert_eq!(e.0.len(), 1, "expected one error, got: {e}");
+            e.to_string()
+        }
+    }
+}
+
+#[test]
+fn good_config_parses_with_defaults() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.hostname, "mx1.example.test");
+    assert_eq!(c.listeners.len(), 2);
+    assert_eq!(c.listeners[1].address, "[::1]:2525".parse().unwrap());
+    assert_eq!(c.listeners[1].tls, TlsPolicy::Required);
+    assert_eq!(c.listeners[1].backend, 1);
+    assert_eq!(c.listeners[0].mode, ListenerMode::Starttls);
+    assert_eq!(c.default_certificate().name, "mx1");
+    assert_eq!(c.tls.session_tickets, 0);
+    assert_eq!(c.tls.min_version, MinVersion::Tls12);
+    assert_eq!(c.timeouts.command, Duration::from_secs(300));
+    assert_eq!(c.timeouts.handshake, Duration::from_secs(10));
+    assert_eq!(c.timeouts.session, Duration::from_secs(3600));
+    assert_eq!(c.limits.line_length, 4096);
+    assert_eq!(
+        c.certificates[1].chain_at,
+        Location {
+            line: 23,
+            column: 9
+        }
+    );
+    assert!(matches!(&c.backends[1].target, BackendTarget::Servers(s) if s.len() == 2));
+}
+
+#[test]
+fn unknown_key_names_line_and_key() {
+    let src = GOOD.replace(
+        "handshake = \"10s\"",
+        "handshake = \"10s\"\nhandshak = \"1s\"",
+    );
+    let e = one_error(&src);
+    assert!(
+        e.starts_with("test.toml:37:1: timeouts.handshak: unknown field `handshak`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_key_in_array_of_tables_names_index() {
+    let src = GOOD.replace("tls = \"required\"", "tls = \"required\"\nbogus = 1");
+    let e = one_error(&src);
+    assert!(
+        e.starts_with("test.toml:11:1: listener[1].bogus: unknown field `bogus`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_duration_names_line_and_key() {
+    let e = one_error(&GOOD.replace("\"10s\"", "\"10 parsecs\""));
+    assert!(
+        e.starts_with("test.toml:36:13: timeouts.handshake: invalid duration \"10 parsecs\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_enum_lists_choices() {
+    let e = one_error(&GOOD.replace("tls = \"required\"", "tls = \"mandatory\""));
+    assert!(
+        e.starts_with("test.toml:10:7: listener[1].tls: unknown variant `mandatory`"),
+        "{e}"
+    );
+    assert!(e.contains("opportunistic"), "{e}");
+}
+
+#[test]
+fn tls_below_1_2_is_refused() {
+    let src = GOOD.replace("[tls]", "[tls]\nmin_version = \"1.1\"");
+    let e = one_error(&src);
+    assert!(e.contains("tls.min_version: unknown variant `1.1`"), "{e}");
+}
+
+#[test]
+fn unknown_backend_is_named_with_choices() {
+    let e = one_error(&GOOD.replace("backend = \"postfix\"", "backend = \"postfx\""));
+    assert_eq!(
+        e,
+        "test.toml:11:11: listener[1].backend: no [[backend]] named \"postfx\" (known: \"postfix\", \"sink\")"
+    );
+}
+
+#[test]
+fn default_certificate_required_with_two() {
+    let e = one_error(&GOOD.replace("default_certificate = \"mx1\"", ""));
+    assert!(
+        e.contains("tls.default_certificate: required when more than one certificate"),
+        "{e}"
+    );
+}
+
+#[test]
+fn default_certificate_must_exist() {
+    let e = one_error(&GOOD.replace(
+        "default_certificate = \"mx1\"",
+        "default_certificate = \"mx9\"",
+    ));
+    assert!(
+        e.starts_with("test.toml:14:23: tls.default_certificate: no [[certificate]] named \"mx9\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn several_errors_are_all_reported() {
+    let src = GOOD
+        .replace("backend = \"postfix\"", "backend = \"nope\"")
+        .replace("name = \"tenant2\"", "name = \"mx1\"");
+    let e = parse(&src).unwrap_err();
+    assert_eq!(e.0.len(), 2, "{e}");
+}
+
+#[test]
+fn syntax_error_has_location() {
+    let e = one_error("hostname = \"a.test\"\n[[listener]\n");
+    assert!(e.starts_with("test.toml:2:"), "{e}");
+}
+
+#[test]
+fn backend_needs_exactly_one_target() {
+    let e = one_error(&GOOD.replace("sink = \"var/mail\"", ""));
+    assert!(e.contains("backend[0]: needs `servers`"), "{e}");
+}
+
+#[test]
+fn bad_address_is_reported() {
+    let e = one_error(&GOOD.replace("127.0.0.1:2525", "127.0.0.1"));
+    assert!(e.starts_with("test.toml:5:11: listener[0].address:"), "{e}");
+}
+
+#[test]
+fn dns_names() {
+    assert!(is_dns_name("mx1.example.test"));
+    assert!(!is_dns_name("localhost"));
+    assert!(!is_dns_name("mx1..test"));
+    assert!(!is_dns_name("-a.test"));
+    assert!(!is_dns_name("a b.test"));
+}

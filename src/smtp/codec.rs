@@ -1,0 +1,164 @@
+//! Command lines out of a byte stream, bounded in length.
+//!
+//! No I/O: the caller pushes what it read and pulls complete lines. A line
+//! ends with LF (CRLF or a bare LF, as Postfix accepts); the terminator is
+//! not part of the returned line. A line longer than the limit is consumed
+//! up to its end and reported once as [`Line::TooLong`], so the buffer never
+//! grows past the limit whatever the client sends.
+
+/// What [`LineCodec::next_line`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// One complete line without its CRLF/LF.
+    Complete(Vec<u8>),
+    /// A line over the limit was received (and dropped).
+    TooLong,
+}
+
+#[derive(Debug)]
+pub struct LineCodec {
+    buf: Vec<u8>,
+    limit: usize,
+    /// Inside an over-long line: drop bytes up to the next LF.
+    discarding: bool,
+}
+
+impl LineCodec {
+    /// `limit` counts the bytes of a line including its CRLF.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(512),
+            limit,
+            discarding: false,
+        }
+    }
+
+    /// Adds received bytes.
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next complete line, if any.
+    pub fn next_line(&mut self) -> Option<Line> {
+        loop {
+            match self.buf.iter().position(|&b| b == b'\n') {
+                Some(lf) if self.discarding => {
+                    self.buf.drain(..=lf);
+                    self.discarding = false;
+                    return Some(Line::TooLong);
+                }
+                Some(lf) if lf + 1 > self.limit => {
+                    self.buf.drain(..=lf);
+                    return Some(Line::TooLong);
+                }
+                Some(lf) => {
+                    let mut line: Vec<u8> = self.buf.drain(..=lf).collect();
+                    line.pop();
+                    if line.last() == Some(&b'\r') {
+                        line.pop();
+                    }
+                    return Some(Line::Complete(line));
+                }
+                None if self.discarding => {
+                    self.buf.clear();
+                    return None;
+                }
+                None if self.buf.len() >= self.limit => {
+                    // Over the limit and no end in sight: drop what we have
+                    // and the rest of the line as it arrives.
+                    self.buf.clear();
+                    self.discarding = true;
+                    continue;
+                }
+                None => return None,
+            }
+        }
+    }
+
+    /// Takes whatever was received but not yet returned as a line.
+    ///
+    /// After `220 Ready to start TLS` this is what the client sent before
+    /// the handshake: it must be discarded, never read as commands
+    /// (CVE-2011-0411). For an opportunistic plaintext relay it is handed on.
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        self.discarding = false;
+        std::mem::take(&mut self.buf)
+    }
+
+    pub fn buffered_len(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(codec: &mut LineCodec) -> Vec<Line> {
+        std::iter::from_fn(|| codec.next_line()).collect()
+    }
+
+    #[test]
+    fn every_split_point_gives_the_same_lines() {
+        let input = b"EHLO a.test\r\nNOOP\nMAIL FROM:<a@b>\r\nQUIT\r\n";
+        for split in 0..=input.len() {
+            let mut c = LineCodec::new(100);
+            c.push(&input[..split]);
+            let mut got = lines(&mut c);
+            c.push(&input[split..]);
+            got.extend(lines(&mut c));
+            assert_eq!(
+                got,
+                vec![
+                    Line::Complete(b"EHLO a.test".to_vec()),
+                    Line::Complete(b"NOOP".to_vec()),
+                    Line::Complete(b"MAIL FROM:<a@b>".to_vec()),
+                    Line::Complete(b"QUIT".to_vec()),
+                ],
+                "split at {split}"
+            );
+        }
+    }
+
+    #[test]
+    fn too_long_line_is_reported_once_and_skipped() {
+        let mut c = LineCodec::new(10);
+        c.push(b"0123456789abcdef");
+        assert_eq!(c.next_line(), None);
+        assert!(c.buffered_len() < 10);
+        c.push(b"ghijkl\r\nNOOP\r\n");
+        assert_eq!(
+            lines(&mut c),
+            vec![Line::TooLong, Line::Complete(b"NOOP".to_vec())]
+        );
+    }
+
+    #[test]
+    fn limit_counts_crlf() {
+        let mut c = LineCodec::new(6);
+        c.push(b"NOOP\r\nNOOPS\r\n");
+        assert_eq!(
+            lines(&mut c),
+            vec![Line::Complete(b"NOOP".to_vec()), Line::TooLong]
+        );
+    }
+
+    #[test]
+    fn buffer_stays_bounded_without_newlines() {
+        let mut c = LineCodec::new(64);
+        for _ in 0..1000 {
+            c.push(&[b'x'; 100]);
+            assert_eq!(c.next_line(), None);
+            assert!(c.buffered_len() <= 164);
+        }
+    }
+
+    #[test]
+    fn take_buffered_returns_the_rest() {
+        let mut c = LineCodec::new(100);
+        c.push(b"STARTTLS\r\nNOOP\r\nMAIL");
+        assert_eq!(c.next_line(), Some(Line::Complete(b"STARTTLS".to_vec())));
+        assert_eq!(c.take_buffered(), b"NOOP\r\nMAIL".to_vec());
+        assert_eq!(c.next_line(), None);
+    }
+}

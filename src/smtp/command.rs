@@ -1,0 +1,174 @@
+//! SMTP commands as the pre-TLS dialogue and the relay see them.
+
+/// A parsed command line. Only what the proxy acts on is distinguished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Ehlo(String),
+    Helo(String),
+    /// `STARTTLS`; `true` when arguments followed (answered 501).
+    StartTls {
+        has_args: bool,
+    },
+    Noop,
+    Rset,
+    Quit,
+    Help,
+    /// `DATA` (no arguments).
+    Data,
+    /// `BDAT size [LAST]`; `None` when the arguments do not parse.
+    Bdat(Option<Bdat>),
+    /// A transaction-level command: MAIL, RCPT, AUTH, VRFY, EXPN, ETRN,
+    /// BURL, XCLIENT… — relayed, or refused before TLS on a required listener.
+    Transaction(Verb),
+    /// Missing verb or an unknown one.
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bdat {
+    pub size: u64,
+    pub last: bool,
+}
+
+/// Verbs of transaction commands (kept for logs; never a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Mail,
+    Rcpt,
+    Auth,
+    Vrfy,
+    Expn,
+    Etrn,
+    Burl,
+    Other,
+}
+
+/// A verb is at most this long; anything longer is not a command.
+const MAX_VERB: usize = 16;
+
+impl Command {
+    pub fn parse(line: &[u8]) -> Command {
+        let line = trim(line);
+        let (verb, args) = match line.iter().position(|&b| b == b' ') {
+            Some(i) => (&line[..i], trim(&line[i + 1..])),
+            None => (line, &[][..]),
+        };
+        if verb.is_empty() || verb.len() > MAX_VERB {
+            return Command::Unknown;
+        }
+        let mut upper = [0u8; MAX_VERB];
+        for (d, s) in upper.iter_mut().zip(verb) {
+            *d = s.to_ascii_uppercase();
+        }
+        let text = || String::from_utf8_lossy(args).into_owned();
+        match &upper[..verb.len()] {
+            b"EHLO" => Command::Ehlo(text()),
+            b"HELO" => Command::Helo(text()),
+            b"STARTTLS" => Command::StartTls {
+                has_args: !args.is_empty(),
+            },
+            b"NOOP" => Command::Noop,
+            b"RSET" => Command::Rset,
+            b"QUIT" => Command::Quit,
+            b"HELP" => Command::Help,
+            b"DATA" => Command::Data,
+            b"BDAT" => Command::Bdat(parse_bdat(args)),
+            b"MAIL" => Command::Transaction(Verb::Mail),
+            b"RCPT" => Command::Transaction(Verb::Rcpt),
+            b"AUTH" => Command::Transaction(Verb::Auth),
+            b"VRFY" => Command::Transaction(Verb::Vrfy),
+            b"EXPN" => Command::Transaction(Verb::Expn),
+            b"ETRN" => Command::Transaction(Verb::Etrn),
+            b"BURL" => Command::Transaction(Verb::Burl),
+            b"XCLIENT" | b"XFORWARD" => Command::Transaction(Verb::Other),
+            _ => Command::Unknown,
+        }
+    }
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let start = s
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |i| i + 1);
+    &s[start..end]
+}
+
+fn parse_bdat(args: &[u8]) -> Option<Bdat> {
+    let args = std::str::from_utf8(args).ok()?;
+    let mut parts = args.split_ascii_whitespace();
+    let size_text = parts.next()?;
+    if !size_text.bytes().all(|b| b.is_ascii_digit()) || size_text.len() > 18 {
+        return None;
+    }
+    let size = size_text.parse().ok()?;
+    let last = match parts.next() {
+        None => false,
+        Some(l) if l.eq_ignore_ascii_case("LAST") => true,
+        Some(_) => return None,
+    };
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(Bdat { size, last })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbs_are_case_insensitive() {
+        assert_eq!(
+            Command::parse(b"ehlo Client.Test"),
+            Command::Ehlo("Client.Test".into())
+        );
+        assert_eq!(
+            Command::parse(b"  StartTLS "),
+            Command::StartTls { has_args: false }
+        );
+        assert_eq!(
+            Command::parse(b"STARTTLS now"),
+            Command::StartTls { has_args: true }
+        );
+        assert_eq!(
+            Command::parse(b"mail FROM:<a@b>"),
+            Command::Transaction(Verb::Mail)
+        );
+        assert_eq!(Command::parse(b"DATA"), Command::Data);
+    }
+
+    #[test]
+    fn unknown_and_garbage() {
+        assert_eq!(Command::parse(b""), Command::Unknown);
+        assert_eq!(Command::parse(b"FROB"), Command::Unknown);
+        assert_eq!(Command::parse(b"\x16\x03\x01\x02\x00"), Command::Unknown);
+        assert_eq!(Command::parse(&[b'A'; 40]), Command::Unknown);
+        assert_eq!(Command::parse("EHLÖ x".as_bytes()), Command::Unknown);
+    }
+
+    #[test]
+    fn bdat_arguments() {
+        assert_eq!(
+            Command::parse(b"BDAT 100"),
+            Command::Bdat(Some(Bdat {
+                size: 100,
+                last: false
+            }))
+        );
+        assert_eq!(
+            Command::parse(b"bdat 0 last"),
+            Command::Bdat(Some(Bdat {
+                size: 0,
+                last: true
+            }))
+        );
+        assert_eq!(Command::parse(b"BDAT -1"), Command::Bdat(None));
+        assert_eq!(Command::parse(b"BDAT 1 LAST x"), Command::Bdat(None));
+        assert_eq!(Command::parse(b"BDAT"), Command::Bdat(None));
+    }
+}

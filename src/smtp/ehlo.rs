@@ -1,0 +1,116 @@
+//! EHLO replies: the one the proxy gives before TLS, and the filter applied
+//! to the backend's after it.
+
+use super::reply::BackendReply;
+
+/// Extensions offered before TLS besides `STARTTLS`. `AUTH` never is: no
+/// credentials in plaintext. (Issue #5 feeds these from the backend's
+/// health probe; until then this safe set is what every MTA we front has.)
+pub const PRE_TLS_EXTENSIONS: &[&str] = &["PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES"];
+
+/// The pre-TLS EHLO reply: `250-<hostname>`, the safe set, `STARTTLS` last.
+pub fn pre_tls_reply(hostname: &str, offer_starttls: bool) -> String {
+    let mut lines: Vec<String> = vec![hostname.to_string()];
+    lines.extend(PRE_TLS_EXTENSIONS.iter().map(|s| s.to_string()));
+    if offer_starttls {
+        lines.push("STARTTLS".to_string());
+    }
+    multiline(250, &lines)
+}
+
+/// Joins texts into one reply with `-` continuations and a final space.
+pub fn multiline(code: u16, texts: &[String]) -> String {
+    let mut out = String::new();
+    for (i, t) in texts.iter().enumerate() {
+        let sep = if i + 1 == texts.len() { ' ' } else { '-' };
+        out.push_str(&format!("{code}{sep}{t}\r\n"));
+    }
+    out
+}
+
+/// Extensions removed from the backend's EHLO reply: `STARTTLS` (the client
+/// is already in TLS, or the proxy does not relay it in plaintext).
+const REMOVED: &[&[u8]] = &[b"STARTTLS"];
+
+/// The backend's EHLO reply without the removed extensions, continuation
+/// markers renumbered. Non-2xx replies pass unchanged.
+pub fn filter_backend_reply(reply: &BackendReply) -> Vec<u8> {
+    if reply.code != 250 {
+        return reply.to_bytes();
+    }
+    let kept: Vec<&Vec<u8>> = reply
+        .lines
+        .iter()
+        .enumerate()
+        .filter(|(i, l)| *i == 0 || !is_removed(l))
+        .map(|(_, l)| l)
+        .collect();
+    let mut out = Vec::with_capacity(reply.lines.iter().map(Vec::len).sum());
+    for (i, line) in kept.iter().enumerate() {
+        let mut line = (*line).clone();
+        if line.len() >= 4 {
+            line[3] = if i + 1 == kept.len() { b' ' } else { b'-' };
+        } else {
+            // A bare "250\r\n" line: keep the code, add the separator.
+            line.truncate(3);
+            line.extend_from_slice(if i + 1 == kept.len() {
+                b" \r\n"
+            } else {
+                b"-\r\n"
+            });
+        }
+        out.extend_from_slice(&line);
+    }
+    out
+}
+
+fn is_removed(line: &[u8]) -> bool {
+    let keyword = line
+        .get(4..)
+        .unwrap_or_default()
+        .split(|b| *b == b' ' || *b == b'\r')
+        .next()
+        .unwrap_or_default();
+    REMOVED.iter().any(|r| keyword.eq_ignore_ascii_case(r))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(text: &str) -> BackendReply {
+        let lines: Vec<Vec<u8>> = text
+            .split_inclusive("\r\n")
+            .map(|l| l.as_bytes().to_vec())
+            .collect();
+        BackendReply { code: 250, lines }
+    }
+
+    #[test]
+    fn starttls_removed_markers_fixed() {
+        let r = reply("250-backend.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250 STARTTLS\r\n");
+        assert_eq!(
+            String::from_utf8(filter_backend_reply(&r)).unwrap(),
+            "250-backend.test\r\n250-PIPELINING\r\n250 SIZE 1000\r\n"
+        );
+        let r = reply("250-backend.test\r\n250-starttls\r\n250 8BITMIME\r\n");
+        assert_eq!(
+            String::from_utf8(filter_backend_reply(&r)).unwrap(),
+            "250-backend.test\r\n250 8BITMIME\r\n"
+        );
+    }
+
+    #[test]
+    fn similar_names_are_kept() {
+        let r = reply("250-b.test\r\n250-STARTTLSX\r\n250 AUTH PLAIN\r\n");
+        assert_eq!(filter_backend_reply(&r), r.to_bytes());
+    }
+
+    #[test]
+    fn pre_tls_never_offers_auth() {
+        let r = pre_tls_reply("mx.test", true);
+        assert!(r.starts_with("250-mx.test\r\n"));
+        assert!(r.ends_with("250 STARTTLS\r\n"));
+        assert!(!r.contains("AUTH"));
+    }
+}

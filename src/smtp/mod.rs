@@ -1,0 +1,9 @@
+//! SMTP without I/O: the line codec, commands, reply texts, the pre-TLS
+//! dialogue and the reply parser the relay uses. Bytes go in, decisions
+//! come out; the session task owns the sockets.
+
+pub mod codec;
+pub mod command;
+pub mod dialogue;
+pub mod ehlo;
+pub mod reply;
