@@ -2,7 +2,16 @@
 //!
 //! The modules follow the data flow of DESIGN.md §1: `listener` accepts,
 //! `session` runs the pre-TLS dialogue (`smtp`), terminates TLS (`tls`) and
-//! relays to a `backend`; `config` and `telemetry` serve them all.
+//! hands the session to `relay`, which talks to a `backend`; `config` and
+//! `telemetry` serve them all; `cli` is what the binary runs.
 
+pub mod backend;
+pub mod cli;
 pub mod config;
+pub mod listener;
+pub mod relay;
+pub mod session;
+pub mod shutdown;
 pub mod smtp;
+pub mod telemetry;
+pub mod tls;

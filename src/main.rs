@@ -1,1 +1,12 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+use starttls_proxy::cli::{Cli, Cmd, check, run};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        None | Some(Cmd::Run) => run::main(&cli.config),
+        Some(Cmd::Check) => check::main(&cli.config),
+    }
+}

@@ -96,7 +96,7 @@ impl TlsPolicy {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
     #[serde(default)]
@@ -105,17 +105,6 @@ pub struct RawTls {
     pub session_tickets: u32,
     pub default_certificate: Option<Spanned<String>>,
     pub trust_anchors: Option<Spanned<PathBuf>>,
-}
-
-impl Default for RawTls {
-    fn default() -> Self {
-        Self {
-            min_version: MinVersion::default(),
-            session_tickets: 0,
-            default_certificate: None,
-            trust_anchors: None,
-        }
-    }
 }
 
 /// The lowest TLS version accepted; never below 1.2.

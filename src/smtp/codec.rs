@@ -88,6 +88,17 @@ impl LineCodec {
     pub fn buffered_len(&self) -> usize {
         self.buf.len()
     }
+
+    /// Bytes received but not yet consumed (message content in the relay).
+    pub fn buffer(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Drops the first `n` buffered bytes after the caller used them raw.
+    pub fn consume(&mut self, n: usize) {
+        let n = n.min(self.buf.len());
+        self.buf.drain(..n);
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 pub mod codec;
 pub mod command;
+pub mod data;
 pub mod dialogue;
 pub mod ehlo;
 pub mod reply;

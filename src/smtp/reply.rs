@@ -21,6 +21,8 @@ pub const UNKNOWN_COMMAND: Reply = Reply("500 5.5.2 Error: command not recognize
 pub const LINE_TOO_LONG: Reply = Reply("500 5.5.2 Line too long");
 pub const TOO_MANY_ERRORS: Reply = Reply("421 4.7.0 {host} Error: too many errors");
 pub const TLS_ALREADY_ACTIVE: Reply = Reply("554 5.5.1 Error: TLS already active");
+pub const STARTTLS_NOT_NOW: Reply =
+    Reply("554 5.5.1 Error: STARTTLS is not possible once a plaintext transaction has begun");
 pub const BDAT_SYNTAX: Reply = Reply("501 5.5.4 Syntax: BDAT size [LAST]");
 pub const TIMEOUT: Reply = Reply("421 4.4.2 {host} Error: timeout exceeded");
 pub const TOO_MANY_CONNECTIONS: Reply = Reply("421 4.7.0 {host} Error: too many connections");

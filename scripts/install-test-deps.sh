@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# install-test-deps.sh — install everything starttls-proxy's tests need on a
+# fresh Debian 12 (bookworm) machine. Run as root.
+#
+#   scripts/install-test-deps.sh
+#
+# Installs (apt, --no-install-recommends, non-interactive):
+#   postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libio-socket-inet6-perl
+#   openssl ca-certificates python3 iproute2 procps
+#
+# - Idempotent: when every package is already installed (dpkg-query) it only
+#   re-checks that no system postfix runs and that the commands exist (~0.1 s).
+# - Postfix is preseeded "No configuration": no questions, no /etc/postfix/main.cf.
+# - While installing, a temporary /usr/sbin/policy-rc.d (exit 101) keeps
+#   maintainer scripts from starting postfix on :25; it is removed afterwards
+#   (an existing policy-rc.d is left alone).
+# - `apt-get update` runs only when the package lists are empty or the first
+#   `apt-get install` fails.
+# - Afterwards the system postfix is stopped (and disabled under systemd). The
+#   tests start their own private instances (tests/peers/postfix-*.sh) on
+#   loopback ports; those are never touched here.
+# Exit 0 when ready; non-zero with "install-test-deps.sh: ERROR: ..." otherwise.
+set -euo pipefail
+
+ME=install-test-deps.sh
+die() { echo "$ME: ERROR: $*" >&2; exit 1; }
+
+PKGS=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libio-socket-inet6-perl
+      openssl ca-certificates python3 iproute2 procps)
+CMDS=(postfix postconf swaks openssl python3 ss)
+
+[ "$(id -u)" = 0 ] || die "must run as root (apt-get; the tests run private postfix instances)"
+command -v apt-get >/dev/null 2>&1 || die "apt-get not found: Debian 12 (or Ubuntu) required"
+command -v dpkg-query >/dev/null 2>&1 || die "dpkg-query not found: Debian 12 (or Ubuntu) required"
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+
+added_policy=0
+cleanup() { if [ "$added_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi; }
+trap cleanup EXIT
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "$ME: installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # Postfix must neither ask questions nor write a system configuration.
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections \
+    || die "debconf-set-selections failed"
+  # Keep maintainer scripts from starting services (postfix on :25).
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\n# temporary, from %s: do not start services during install\nexit 101\n' "$ME" \
+      > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    added_policy=1
+  fi
+  # Fresh containers often ship without package lists: update first then.
+  if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
+    echo "$ME: apt package lists are empty: running apt-get update"
+    apt-get update -q || die "apt-get update failed"
+  fi
+  if ! apt-get install -y -q --no-install-recommends "${missing[@]}"; then
+    echo "$ME: apt-get install failed: running apt-get update and retrying"
+    apt-get update -q || die "apt-get update failed"
+    apt-get install -y -q --no-install-recommends "${missing[@]}" \
+      || die "apt-get install failed for: ${missing[*]}"
+  fi
+  cleanup; added_policy=0
+  for p in "${missing[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
+      || die "package $p is still not installed"
+  done
+else
+  echo "$ME: all packages already installed"
+fi
+
+# The system postfix (default config) must not run. Private instances (started
+# with postfix -c DIR/etc) are not affected by either command below.
+if [ -d /run/systemd/system ]; then
+  systemctl disable --now postfix >/dev/null 2>&1 || true
+else
+  if [ -f /etc/postfix/main.cf ] && postfix status >/dev/null 2>&1; then
+    postfix stop >/dev/null 2>&1 || true
+  fi
+  command -v update-rc.d >/dev/null 2>&1 && update-rc.d postfix disable >/dev/null 2>&1 || true
+fi
+
+for c in "${CMDS[@]}"; do
+  command -v "$c" >/dev/null 2>&1 || die "command '$c' not found after install (PATH=$PATH)"
+done
+[ -x /usr/lib/postfix/sbin/postlogd ] || die "postfix >= 3.4 with postlogd required (tests log via maillog_file)"
+perl -MIO::Socket::SSL -e 1 2>/dev/null || die "perl IO::Socket::SSL missing: swaks --tls would not work"
+
+if ss -Hltn 'sport = :25' | grep -q .; then
+  echo "$ME: WARNING: something listens on :25 (not needed by the tests, but check it):" >&2
+  ss -Hltnp 'sport = :25' >&2 || true
+fi
+
+printf '%s: ready: postfix %s, swaks %s, %s, %s\n' "$ME" \
+  "$(postconf -d -h mail_version 2>/dev/null)" \
+  "$(dpkg-query -W -f='${Version}' swaks)" \
+  "$(openssl version | cut -d' ' -f1-2)" \
+  "$(python3 --version 2>&1)"

@@ -1,0 +1,31 @@
+//! Command line: `run` (default), `check`.
+
+pub mod check;
+pub mod run;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "starttls-proxy",
+    version,
+    about = "STARTTLS-terminating SMTP proxy"
+)]
+pub struct Cli {
+    /// Config file.
+    #[arg(long, short = 'c', global = true, default_value = crate::config::DEFAULT_PATH)]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the proxy (the default).
+    Run,
+    /// Validate the config and every certificate as `run` would, print a
+    /// report, exit non-zero on errors.
+    Check,
+}

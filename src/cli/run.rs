@@ -1,0 +1,135 @@
+//! `starttls-proxy run`: load, bind, serve until SIGTERM/SIGINT.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::backend::Backend;
+use crate::config::Config;
+use crate::listener::{self, ConnectionTable};
+use crate::session::ListenerContext;
+use crate::telemetry;
+use crate::tls::{CertStore, TlsTerminator};
+
+pub fn main(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_logs(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            error!(error = %e, "cannot start the async runtime");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> ExitCode {
+    let store = match CertStore::load(&config) {
+        Ok(s) => s,
+        Err(errors) => {
+            for e in &errors.0 {
+                error!("{e}");
+            }
+            eprintln!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    for c in store.certificates() {
+        if c.root_dropped {
+            warn!(certificate = %c.name, "the chain file ends with a root certificate; it is not served");
+        }
+        info!(certificate = %c.name, names = %c.names.join(","), algorithm = c.algorithm.as_str(), not_after = %crate::tls::load::fmt_time(c.not_after), "certificate loaded");
+    }
+    let store = Arc::new(ArcSwap::from_pointee(store));
+    let tls = match TlsTerminator::new(store, config.tls.min_version, config.tls.session_tickets) {
+        Ok(t) => t,
+        Err(e) => {
+            error!(error = %e, "cannot build the TLS configuration");
+            return ExitCode::from(2);
+        }
+    };
+    if config.metrics.is_some() {
+        warn!("[metrics] is set but the metrics endpoint is not implemented in this version yet");
+    }
+
+    let mut backends = Vec::new();
+    for b in &config.backends {
+        match Backend::new(b, &config.hostname, config.timeouts.backend_connect) {
+            Ok(b) => backends.push(Arc::new(b)),
+            Err(e) => {
+                error!(backend = %b.name, error = %e, "cannot prepare backend");
+                eprintln!("{}: backend {:?}: {e}", config.path.display(), b.name);
+                return ExitCode::from(2);
+            }
+        }
+    }
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let table = Arc::new(ConnectionTable::default());
+    let mut tasks = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        let socket = match TcpListener::bind(l.address).await {
+            Ok(s) => s,
+            Err(e) => {
+                error!(address = %l.address, error = %e, "cannot bind listener");
+                eprintln!(
+                    "{}: listener[{i}].address: cannot bind {}: {e}",
+                    config.path.display(),
+                    l.address
+                );
+                return ExitCode::from(2);
+            }
+        };
+        let bound = socket.local_addr().unwrap_or(l.address);
+        info!(address = %bound, mode = l.mode.as_str(), tls = l.tls.as_str(), backend = %backends[l.backend].name, "listener bound");
+        let ctx = Arc::new(ListenerContext {
+            hostname: config.hostname.clone(),
+            address: bound,
+            mode: l.mode,
+            tls_policy: l.tls,
+            backend: backends[l.backend].clone(),
+            tls: tls.clone(),
+            limits: config.limits,
+            timeouts: config.timeouts,
+        });
+        tasks.push(tokio::spawn(listener::serve(
+            socket,
+            ctx,
+            table.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
+    info!(hostname = %config.hostname, listeners = tasks.len(), "starttls-proxy ready");
+
+    crate::shutdown::signal().await;
+    info!(active = table.active(), grace = ?config.timeouts.shutdown_grace, "shutting down: no new connections, draining sessions");
+    let _ = shutdown_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    if tokio::time::timeout(config.timeouts.shutdown_grace, table.drained())
+        .await
+        .is_err()
+    {
+        warn!(
+            active = table.active(),
+            "shutdown grace over, closing the remaining sessions"
+        );
+    }
+    info!("stopped");
+    ExitCode::SUCCESS
+}

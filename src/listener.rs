@@ -1,0 +1,191 @@
+//! Listeners: bind, accept, enforce connection limits, spawn sessions.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
+
+use crate::session::{self, ListenerContext};
+use crate::smtp::reply;
+
+/// Connections open now, in total and per client address.
+#[derive(Debug, Default)]
+pub struct ConnectionTable {
+    inner: Mutex<Counts>,
+    /// Signalled whenever a connection ends (for the shutdown drain).
+    ended: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: u32,
+    per_ip: HashMap<IpAddr, u32>,
+}
+
+/// Why a connection was turned away (the `connections_rejected_total{reason}` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    MaxConnections,
+    MaxConnectionsPerIp,
+}
+
+/// Holds one slot in the table until dropped.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    table: Arc<ConnectionTable>,
+    ip: IpAddr,
+}
+
+impl ConnectionTable {
+    /// Takes a slot for `ip` unless a limit is reached.
+    pub fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max_total: u32,
+        max_per_ip: u32,
+    ) -> Result<ConnectionSlot, Rejection> {
+        let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if c.total >= max_total {
+            return Err(Rejection::MaxConnections);
+        }
+        let n = c.per_ip.entry(ip).or_insert(0);
+        if *n >= max_per_ip {
+            return Err(Rejection::MaxConnectionsPerIp);
+        }
+        *n += 1;
+        c.total += 1;
+        Ok(ConnectionSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+
+    pub fn active(&self) -> u32 {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).total
+    }
+
+    /// Waits until no connection is open.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.ended.notified();
+            if self.active() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut c = self.table.inner.lock().unwrap_or_else(|p| p.into_inner());
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_ip.remove(&self.ip);
+            }
+        }
+        drop(c);
+        self.table.ended.notify_waiters();
+    }
+}
+
+/// Accepts connections until shutdown is signalled.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<ListenerContext>,
+    table: Arc<ConnectionTable>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            res = listener.accept() => match res {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    warn!(listener = %ctx.address, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => {
+                info!(listener = %ctx.address, "listener closed for shutdown");
+                return;
+            }
+        };
+        let peer = canonical(peer);
+        match table.admit(
+            peer.ip(),
+            ctx.limits.max_connections,
+            ctx.limits.max_connections_per_ip,
+        ) {
+            Ok(slot) => {
+                let ctx = ctx.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    session::run(ctx, tcp, peer, shutdown).await;
+                    drop(slot);
+                });
+            }
+            Err(why) => {
+                let (r, reason) = match why {
+                    Rejection::MaxConnections => (reply::TOO_MANY_CONNECTIONS, "max_connections"),
+                    Rejection::MaxConnectionsPerIp => (
+                        reply::TOO_MANY_CONNECTIONS_FROM_IP,
+                        "max_connections_per_ip",
+                    ),
+                };
+                warn!(%peer, listener = %ctx.address, reason, "connection rejected");
+                let text = r.render(&ctx.hostname);
+                tokio::spawn(reject(tcp, text));
+            }
+        }
+    }
+}
+
+async fn reject(mut tcp: TcpStream, text: String) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let _ = tcp.write_all(text.as_bytes()).await;
+        let _ = tcp.shutdown().await;
+    })
+    .await;
+}
+
+/// IPv4 clients on a dual-stack socket arrive as `::ffff:a.b.c.d`.
+fn canonical(peer: SocketAddr) -> SocketAddr {
+    match peer {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => peer,
+        },
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_hold_and_slots_release() {
+        let t = Arc::new(ConnectionTable::default());
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let s1 = t.admit(a, 3, 2).unwrap();
+        let _s2 = t.admit(a, 3, 2).unwrap();
+        assert_eq!(
+            t.admit(a, 3, 2).unwrap_err(),
+            Rejection::MaxConnectionsPerIp
+        );
+        let _s3 = t.admit(b, 3, 2).unwrap();
+        assert_eq!(t.admit(b, 3, 2).unwrap_err(), Rejection::MaxConnections);
+        drop(s1);
+        assert_eq!(t.active(), 2);
+        assert!(t.admit(a, 3, 2).is_ok());
+    }
+}

@@ -1,0 +1,330 @@
+//! One client connection, from greeting to close.
+//!
+//! Pre-TLS the proxy is the SMTP server (`smtp::dialogue` decides, this
+//! task does the I/O). On STARTTLS the bytes the client sent after the
+//! command are discarded and the raw TCP stream goes to TLS; after the
+//! handshake the session is relayed to the listener's backend. On an
+//! opportunistic listener a transaction begun in plaintext is relayed in
+//! plaintext. Every step ends in an SMTP reply and one log line.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::backend::Backend;
+use crate::config::{Limits, ListenerMode, Timeouts, TlsPolicy};
+use crate::relay::{RelaySettings, RelayStats, relay};
+use crate::smtp::codec::LineCodec;
+use crate::smtp::dialogue::{Action, PreTlsDialogue};
+use crate::smtp::reply;
+use crate::tls::TlsTerminator;
+
+/// What every session of one listener shares.
+#[derive(Debug)]
+pub struct ListenerContext {
+    pub hostname: String,
+    pub address: SocketAddr,
+    pub mode: ListenerMode,
+    pub tls_policy: TlsPolicy,
+    pub backend: Arc<Backend>,
+    pub tls: TlsTerminator,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+}
+
+/// How the session used TLS (the `sessions_total{tls}` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionTls {
+    Starttls,
+    Implicit,
+    None,
+}
+
+impl SessionTls {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Self::Starttls => "starttls",
+            Self::Implicit => "implicit",
+            Self::None => "none",
+        }
+    }
+}
+
+/// Runs one connection to its end.
+pub async fn run(
+    ctx: Arc<ListenerContext>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let session_deadline = Instant::now() + ctx.timeouts.session;
+    match ctx.mode {
+        ListenerMode::Implicit => {
+            let tls = ctx.tls.clone();
+            if let Some(stream) = handshake(&ctx, &tls, tcp, peer).await {
+                post_tls(
+                    &ctx,
+                    stream,
+                    peer,
+                    None,
+                    SessionTls::Implicit,
+                    session_deadline,
+                )
+                .await;
+            }
+        }
+        ListenerMode::Starttls => pre_tls(&ctx, tcp, peer, &mut shutdown, session_deadline).await,
+    }
+}
+
+async fn pre_tls(
+    ctx: &Arc<ListenerContext>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: &mut watch::Receiver<bool>,
+    session_deadline: Instant,
+) {
+    let host = ctx.hostname.as_str();
+    let mut dialogue = PreTlsDialogue::new(host, ctx.tls_policy, ctx.limits.max_errors);
+    let mut codec = LineCodec::new(ctx.limits.line_length);
+    if write(&mut tcp, dialogue.greeting().as_bytes())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut buf = [0u8; 4096];
+    loop {
+        while let Some(line) = codec.next_line() {
+            match dialogue.on_line(line) {
+                Action::Reply(r) => {
+                    if write(&mut tcp, r.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                Action::Close(r) => {
+                    let _ = write(&mut tcp, r.as_bytes()).await;
+                    log_plain_end(
+                        peer,
+                        &dialogue,
+                        if r.starts_with("221") {
+                            "quit"
+                        } else {
+                            "too_many_errors"
+                        },
+                    );
+                    return;
+                }
+                Action::StartTls => {
+                    if write(&mut tcp, reply::READY_TO_START_TLS.render(host).as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    // Bytes that arrived with or after STARTTLS were sent
+                    // before the handshake: never read them as commands
+                    // (CVE-2011-0411 class).
+                    let discarded = codec.take_buffered();
+                    if !discarded.is_empty() {
+                        warn!(%peer, discarded = discarded.len(), "dropped bytes pipelined after STARTTLS");
+                    }
+                    let helo = dialogue.helo_name();
+                    let tls = ctx.tls.clone();
+                    if let Some(stream) = handshake(ctx, &tls, tcp, peer).await {
+                        post_tls(
+                            ctx,
+                            stream,
+                            peer,
+                            helo,
+                            SessionTls::Starttls,
+                            session_deadline,
+                        )
+                        .await;
+                    }
+                    return;
+                }
+                Action::Relay { helo, line } => {
+                    let mut input = line;
+                    input.extend_from_slice(b"\r\n");
+                    input.extend_from_slice(&codec.take_buffered());
+                    let helo_name = dialogue.helo_name();
+                    relay_to_backend(
+                        ctx,
+                        tcp,
+                        peer,
+                        input,
+                        helo,
+                        helo_name,
+                        SessionTls::None,
+                        session_deadline,
+                    )
+                    .await;
+                    return;
+                }
+            }
+        }
+        let idle = ctx.timeouts.command;
+        let deadline = (Instant::now() + idle).min(session_deadline);
+        tokio::select! {
+            res = tokio::time::timeout_at(deadline, tcp.read(&mut buf)) => match res {
+                Err(_) => {
+                    let _ = write(&mut tcp, reply::TIMEOUT.render(host).as_bytes()).await;
+                    log_plain_end(peer, &dialogue, "timeout");
+                    return;
+                }
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    log_plain_end(peer, &dialogue, "client_closed");
+                    return;
+                }
+                Ok(Ok(n)) => codec.push(&buf[..n]),
+            },
+            _ = shutdown.changed() => {
+                let _ = write(&mut tcp, reply::SHUTTING_DOWN.render(host).as_bytes()).await;
+                log_plain_end(peer, &dialogue, "shutdown");
+                return;
+            }
+        }
+    }
+}
+
+fn log_plain_end(peer: SocketAddr, dialogue: &PreTlsDialogue, outcome: &'static str) {
+    info!(
+        %peer,
+        helo = dialogue.helo_name().map(sanitize).as_deref().unwrap_or("none"),
+        tls = "none",
+        messages = 0u64,
+        errors = dialogue.errors(),
+        outcome,
+        "session"
+    );
+}
+
+async fn handshake<IO>(
+    ctx: &ListenerContext,
+    tls: &TlsTerminator,
+    io: IO,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<IO>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    match tls.accept(io, ctx.timeouts.handshake).await {
+        Ok((stream, info)) => {
+            info!(
+                %peer,
+                sni = info.sni.as_deref().unwrap_or("none"),
+                sni_match = info.sni_match.as_str(),
+                certificate = %info.certificate,
+                version = info.version,
+                cipher = info.cipher,
+                duration_ms = duration_ms(info.duration),
+                "tls handshake"
+            );
+            Some(stream)
+        }
+        Err(e) => {
+            warn!(%peer, reason = e.reason(), error = %e, "tls handshake failed");
+            None
+        }
+    }
+}
+
+async fn post_tls<IO>(
+    ctx: &ListenerContext,
+    stream: tokio_rustls::server::TlsStream<IO>,
+    peer: SocketAddr,
+    helo: Option<String>,
+    tls: SessionTls,
+    session_deadline: Instant,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    relay_to_backend(
+        ctx,
+        stream,
+        peer,
+        Vec::new(),
+        None,
+        helo,
+        tls,
+        session_deadline,
+    )
+    .await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn relay_to_backend<C>(
+    ctx: &ListenerContext,
+    mut client: C,
+    peer: SocketAddr,
+    input: Vec<u8>,
+    replay_helo: Option<Vec<u8>>,
+    helo_name: Option<String>,
+    tls: SessionTls,
+    session_deadline: Instant,
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let started = std::time::Instant::now();
+    let backend = match ctx.backend.connect().await {
+        Ok(b) => b,
+        Err(e) => {
+            warn!(%peer, backend = %ctx.backend.name, error = %e, "no backend server available");
+            let _ = write(
+                &mut client,
+                reply::BACKEND_UNAVAILABLE.render(&ctx.hostname).as_bytes(),
+            )
+            .await;
+            info!(%peer, tls = tls.as_str(), outcome = "backend_unavailable", messages = 0u64, "session");
+            return;
+        }
+    };
+    let server = backend.server.clone();
+    let settings = RelaySettings {
+        hostname: ctx.hostname.clone(),
+        line_limit: ctx.limits.line_length,
+        command_timeout: ctx.timeouts.command,
+        session_deadline,
+        tls: tls != SessionTls::None,
+    };
+    let stats: RelayStats = relay(client, input, replay_helo, backend, &settings).await;
+    info!(
+        %peer,
+        helo = helo_name.map(sanitize).as_deref().unwrap_or("none"),
+        tls = tls.as_str(),
+        backend = %ctx.backend.name,
+        server = %server,
+        messages = stats.messages,
+        bytes_in = stats.bytes_in,
+        bytes_out = stats.bytes_out,
+        outcome = stats.end.as_str(),
+        duration_ms = duration_ms(started.elapsed()),
+        "session"
+    );
+}
+
+async fn write<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> std::io::Result<()> {
+    w.write_all(data).await?;
+    w.flush().await
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    d.as_millis().min(u128::from(u64::MAX)) as u64
+}
+
+/// Client-supplied text made safe for a log line: printable ASCII only,
+/// bounded length.
+pub fn sanitize(s: String) -> String {
+    s.chars()
+        .take(128)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect()
+}

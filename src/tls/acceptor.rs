@@ -1,0 +1,209 @@
+//! The TLS handshake after `220 Ready to start TLS` (or at once on an
+//! implicit-TLS listener): read the ClientHello, pick the certificate from
+//! one store snapshot, finish the handshake — all under one deadline.
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ProtocolVersion, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::LazyConfigAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use super::store::{CertStore, SniMatch};
+use crate::config::MinVersion;
+
+/// What one successful handshake was, for the log line and metrics.
+#[derive(Debug, Clone)]
+pub struct HandshakeInfo {
+    /// The SNI as validated by rustls (DNS characters only), lowercased.
+    pub sni: Option<String>,
+    pub sni_match: SniMatch,
+    /// `[[certificate]] name` served.
+    pub certificate: String,
+    pub version: &'static str,
+    pub cipher: &'static str,
+    pub duration: Duration,
+}
+
+/// Why a handshake failed; `reason()` is the bounded metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("no complete handshake within {0:?}")]
+    Timeout(Duration),
+    #[error("connection closed during handshake")]
+    Eof,
+    #[error("connection reset during handshake")]
+    Reset,
+    #[error("TLS error: {0}")]
+    Tls(#[source] rustls::Error),
+    #[error("I/O error during handshake: {0}")]
+    Io(#[source] io::Error),
+}
+
+impl HandshakeError {
+    fn from_io(e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::UnexpectedEof => return Self::Eof,
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => return Self::Reset,
+            _ => {}
+        }
+        if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+            if let Ok(inner) = e
+                .into_inner()
+                .ok_or(())
+                .and_then(|b| b.downcast::<rustls::Error>().map_err(|_| ()))
+            {
+                return Self::Tls(*inner);
+            }
+            return Self::Io(io::Error::other("TLS error"));
+        }
+        Self::Io(e)
+    }
+
+    /// A label from a fixed set (issue #6 refines these from the ClientHello).
+    pub fn reason(&self) -> &'static str {
+        use rustls::{Error as E, PeerIncompatible as P};
+        match self {
+            Self::Timeout(_) => "timeout",
+            Self::Eof => "eof",
+            Self::Reset => "reset",
+            Self::Io(_) => "other",
+            Self::Tls(e) => match e {
+                E::PeerIncompatible(
+                    P::ServerDoesNotSupportTls12Or13
+                    | P::SupportedVersionsExtensionRequired
+                    | P::Tls12NotOffered
+                    | P::Tls12NotOfferedOrEnabled,
+                ) => "protocol_version",
+                E::PeerIncompatible(P::NoCipherSuitesInCommon) => "no_shared_cipher",
+                E::AlertReceived(_) => "alert_received",
+                E::InvalidMessage(_) => "not_tls",
+                _ => "other",
+            },
+        }
+    }
+}
+
+/// Terminates TLS with certificates from the current store snapshot.
+#[derive(Clone)]
+pub struct TlsTerminator {
+    base: Arc<ServerConfig>,
+    store: Arc<ArcSwap<CertStore>>,
+}
+
+impl std::fmt::Debug for TlsTerminator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsTerminator").finish_non_exhaustive()
+    }
+}
+
+/// The base config has no certificate: each handshake gets a copy whose
+/// resolver returns the one certificate chosen for it.
+#[derive(Debug)]
+struct NoCertificate;
+
+impl ResolvesServerCert for NoCertificate {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        None
+    }
+}
+
+/// Serves the certificate already chosen from the store for this handshake.
+#[derive(Debug)]
+struct Chosen(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Chosen {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+impl TlsTerminator {
+    pub fn new(
+        store: Arc<ArcSwap<CertStore>>,
+        min_version: MinVersion,
+        session_tickets: u32,
+    ) -> Result<Self, rustls::Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let versions: &[&'static rustls::SupportedProtocolVersion] = match min_version {
+            MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+            MinVersion::Tls13 => &[&rustls::version::TLS13],
+        };
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(NoCertificate));
+        // TLS 1.3 tickets are off unless configured: Microsoft's senders
+        // abort STARTTLS against servers that send them (DESIGN.md §2).
+        config.send_tls13_tickets = session_tickets as usize;
+        if session_tickets > 0 {
+            config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        }
+        Ok(Self {
+            base: Arc::new(config),
+            store,
+        })
+    }
+
+    /// The current certificate store.
+    pub fn store(&self) -> arc_swap::Guard<Arc<CertStore>> {
+        self.store.load()
+    }
+
+    /// Runs the server side of a handshake on `io`, bounded by `timeout`.
+    pub async fn accept<IO>(
+        &self,
+        io: IO,
+        timeout: Duration,
+    ) -> Result<(TlsStream<IO>, HandshakeInfo), HandshakeError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let start =
+            tokio::time::timeout_at(deadline, LazyConfigAcceptor::new(Acceptor::default(), io))
+                .await
+                .map_err(|_| HandshakeError::Timeout(timeout))?
+                .map_err(HandshakeError::from_io)?;
+
+        let hello = start.client_hello();
+        let sni = hello.server_name().map(str::to_ascii_lowercase);
+        let selection = self
+            .store
+            .load()
+            .select(sni.as_deref(), hello.signature_schemes());
+
+        let mut config = (*self.base).clone();
+        config.cert_resolver = Arc::new(Chosen(selection.cert.key.clone()));
+        let stream = tokio::time::timeout_at(deadline, start.into_stream(Arc::new(config)))
+            .await
+            .map_err(|_| HandshakeError::Timeout(timeout))?
+            .map_err(HandshakeError::from_io)?;
+
+        let (_, conn) = stream.get_ref();
+        let version = match conn.protocol_version() {
+            Some(ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "unknown",
+        };
+        let cipher = conn
+            .negotiated_cipher_suite()
+            .and_then(|s| s.suite().as_str())
+            .unwrap_or("unknown");
+        let info = HandshakeInfo {
+            sni,
+            sni_match: selection.sni,
+            certificate: selection.cert.name.clone(),
+            version,
+            cipher,
+            duration: started.elapsed(),
+        };
+        Ok((stream, info))
+    }
+}

@@ -1,0 +1,274 @@
+//! PEM chain and key files → a served certificate, checked at load so that
+//! a handshake can never fail for want of a usable certificate.
+//!
+//! Checked here: files readable and PEM; key usable by rustls and matching
+//! the leaf; leaf currently valid; at least one SAN DNS name (CN ignored, as
+//! modern clients do). A self-signed root at the end of the chain file is
+//! dropped from what is served. Path validation to a trust anchor comes with
+//! the certificate validation work (issue #4).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rustls::SignatureAlgorithm;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use crate::config::{CertificateConfig, ConfigError};
+
+/// A certificate ready to serve.
+#[derive(Debug)]
+pub struct LoadedCert {
+    /// The `[[certificate]] name` from the config.
+    pub name: String,
+    /// SAN DNS names of the leaf, lowercased (`*.example.test` for wildcards).
+    pub names: Vec<String>,
+    pub key: Arc<CertifiedKey>,
+    pub algorithm: KeyAlgorithm,
+    pub subject: String,
+    pub issuer: String,
+    pub serial: String,
+    /// Seconds since the epoch.
+    pub not_before: i64,
+    pub not_after: i64,
+    /// A root was present at the end of the file and is not served.
+    pub root_dropped: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyAlgorithm {
+    Ecdsa,
+    Rsa,
+    Ed25519,
+}
+
+impl KeyAlgorithm {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Ecdsa => "ECDSA",
+            Self::Rsa => "RSA",
+            Self::Ed25519 => "Ed25519",
+        }
+    }
+}
+
+/// Why a certificate cannot be served. Each names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: not a PEM certificate chain: {detail}", path.display())]
+    ChainPem { path: PathBuf, detail: String },
+    #[error("{}: no CERTIFICATE in the file", path.display())]
+    NoCertificates { path: PathBuf },
+    #[error("{}: no private key in the file (or not PEM): {detail}", path.display())]
+    KeyPem { path: PathBuf, detail: String },
+    #[error("{}: key type not supported: {source}", path.display())]
+    KeyUnsupported {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("{}: certificate {index} cannot be parsed: {detail}", path.display())]
+    Parse {
+        path: PathBuf,
+        index: usize,
+        detail: String,
+    },
+    #[error("{}: does not match the leaf certificate in {}", key.display(), chain.display())]
+    KeyMismatch { chain: PathBuf, key: PathBuf },
+    #[error("{}: leaf certificate expired at {}", path.display(), fmt_time(*not_after))]
+    Expired { path: PathBuf, not_after: i64 },
+    #[error("{}: leaf certificate not valid before {}", path.display(), fmt_time(*not_before))]
+    NotYetValid { path: PathBuf, not_before: i64 },
+    #[error("{}: leaf certificate has no subjectAltName DNS names (CN is not used)", path.display())]
+    NoDnsNames { path: PathBuf },
+}
+
+impl CertError {
+    /// Whether the key file (rather than the chain file) is at fault.
+    pub fn is_key_error(&self) -> bool {
+        matches!(
+            self,
+            Self::KeyPem { .. } | Self::KeyUnsupported { .. } | Self::KeyMismatch { .. }
+        )
+    }
+
+    /// As a config error pointing at the offending key of `[[certificate]]`.
+    pub fn to_config_error(&self, config_path: &Path, c: &CertificateConfig) -> ConfigError {
+        let key_error = match self {
+            Self::Read { path, .. } => path == &c.key,
+            other => other.is_key_error(),
+        };
+        if key_error {
+            ConfigError::new(
+                config_path,
+                c.key_at,
+                format!("{}.key", c.key_path),
+                self.to_string(),
+            )
+        } else {
+            ConfigError::new(
+                config_path,
+                c.chain_at,
+                format!("{}.chain", c.key_path),
+                self.to_string(),
+            )
+        }
+    }
+}
+
+pub fn fmt_time(t: i64) -> String {
+    u64::try_from(t)
+        .ok()
+        .map(|s| {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(s))
+                .to_string()
+        })
+        .unwrap_or_else(|| format!("{t} (seconds since 1970)"))
+}
+
+pub fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Loads and checks one `[[certificate]]`.
+pub fn load_certificate(c: &CertificateConfig) -> Result<LoadedCert, CertError> {
+    let chain_pem = std::fs::read(&c.chain).map_err(|source| CertError::Read {
+        path: c.chain.clone(),
+        source,
+    })?;
+    let key_pem = std::fs::read(&c.key).map_err(|source| CertError::Read {
+        path: c.key.clone(),
+        source,
+    })?;
+
+    let mut chain: Vec<CertificateDer<'static>> = Vec::new();
+    for item in CertificateDer::pem_slice_iter(&chain_pem) {
+        let der = item.map_err(|e| CertError::ChainPem {
+            path: c.chain.clone(),
+            detail: e.to_string(),
+        })?;
+        chain.push(der);
+    }
+    if chain.is_empty() {
+        return Err(CertError::NoCertificates {
+            path: c.chain.clone(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| CertError::KeyPem {
+        path: c.key.clone(),
+        detail: e.to_string(),
+    })?;
+
+    let parse_err = |index: usize, detail: String| CertError::Parse {
+        path: c.chain.clone(),
+        index,
+        detail,
+    };
+    let (subject, issuer, serial, not_before, not_after, names) = {
+        let (_, leaf) =
+            X509Certificate::from_der(&chain[0]).map_err(|e| parse_err(0, e.to_string()))?;
+        let names = san_dns_names(&leaf);
+        (
+            leaf.subject().to_string(),
+            leaf.issuer().to_string(),
+            leaf.raw_serial_as_string(),
+            leaf.validity().not_before.timestamp(),
+            leaf.validity().not_after.timestamp(),
+            names,
+        )
+    };
+    // A self-signed certificate at the end of a longer chain is the root:
+    // clients have it or not, sending it only costs bytes (DESIGN.md §3).
+    let mut root_dropped = false;
+    if chain.len() > 1 {
+        let last = chain.len() - 1;
+        let (_, root) =
+            X509Certificate::from_der(&chain[last]).map_err(|e| parse_err(last, e.to_string()))?;
+        if root.subject().as_raw() == root.issuer().as_raw() {
+            root_dropped = true;
+        }
+    }
+    if root_dropped {
+        chain.pop();
+    }
+
+    let now = now_unix();
+    if not_after < now {
+        return Err(CertError::Expired {
+            path: c.chain.clone(),
+            not_after,
+        });
+    }
+    if not_before > now {
+        return Err(CertError::NotYetValid {
+            path: c.chain.clone(),
+            not_before,
+        });
+    }
+    if names.is_empty() {
+        return Err(CertError::NoDnsNames {
+            path: c.chain.clone(),
+        });
+    }
+
+    let signing_key = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|source| {
+        CertError::KeyUnsupported {
+            path: c.key.clone(),
+            source,
+        }
+    })?;
+    let algorithm = match signing_key.algorithm() {
+        SignatureAlgorithm::ECDSA => KeyAlgorithm::Ecdsa,
+        SignatureAlgorithm::ED25519 => KeyAlgorithm::Ed25519,
+        _ => KeyAlgorithm::Rsa,
+    };
+    let key = CertifiedKey::new(chain, signing_key);
+    if let Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) =
+        key.keys_match()
+    {
+        return Err(CertError::KeyMismatch {
+            chain: c.chain.clone(),
+            key: c.key.clone(),
+        });
+    }
+    Ok(LoadedCert {
+        name: c.name.clone(),
+        names,
+        key: Arc::new(key),
+        algorithm,
+        subject,
+        issuer,
+        serial,
+        not_before,
+        not_after,
+        root_dropped,
+    })
+}
+
+fn san_dns_names(cert: &X509Certificate<'_>) -> Vec<String> {
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.trim_end_matches('.').to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect();
+    names.dedup();
+    names
+}

@@ -1,0 +1,10 @@
+//! TLS termination: certificates loaded from PEM (`load`), the immutable
+//! store a handshake picks from (`store`), and the acceptor that reads the
+//! ClientHello, chooses, and completes the handshake (`acceptor`).
+
+pub mod acceptor;
+pub mod load;
+pub mod store;
+
+pub use acceptor::{HandshakeError, HandshakeInfo, TlsTerminator};
+pub use store::{CertStore, SniMatch};

@@ -1,0 +1,188 @@
+//! The certificate store: an immutable snapshot a handshake picks from.
+//!
+//! Lookup is a hash map, not a scan: exact SAN name, then the one-label
+//! wildcard (`*.example.test` for `a.example.test`, never for
+//! `a.b.example.test`), then the configured default certificate — never
+//! "whichever loaded first". A name may have an ECDSA and an RSA
+//! certificate; ECDSA goes to clients whose signature schemes allow it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rustls::SignatureScheme;
+
+use super::load::{KeyAlgorithm, LoadedCert, load_certificate};
+use crate::config::{Config, ConfigError, ConfigErrors};
+
+/// How the client's SNI related to the store (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SniMatch {
+    Matched,
+    Unmatched,
+    Absent,
+}
+
+impl SniMatch {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Matched => "matched",
+            Self::Unmatched => "unmatched",
+            Self::Absent => "absent",
+        }
+    }
+}
+
+/// Certificates serving one name, preferred first (ECDSA/Ed25519 before RSA).
+#[derive(Debug, Clone, Default)]
+struct Slot(Vec<usize>);
+
+#[derive(Debug)]
+pub struct CertStore {
+    certs: Vec<Arc<LoadedCert>>,
+    exact: HashMap<String, Slot>,
+    /// Keyed by the parent domain: `*.example.test` → `example.test`.
+    wildcard: HashMap<String, Slot>,
+    default: Slot,
+}
+
+/// The store's answer for one ClientHello.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    pub cert: Arc<LoadedCert>,
+    pub sni: SniMatch,
+}
+
+/// Longest SNI we look up (a DNS name is at most 253 octets).
+const MAX_SNI: usize = 253;
+
+impl CertStore {
+    /// Builds a store from loaded certificates; `default` indexes `certs`.
+    ///
+    /// Two certificates of the same key type for the same name are refused:
+    /// which one a client gets must be a decision, not load order.
+    pub fn new(certs: Vec<LoadedCert>, default: usize) -> Result<Self, String> {
+        let certs: Vec<Arc<LoadedCert>> = certs.into_iter().map(Arc::new).collect();
+        let mut exact: HashMap<String, Slot> = HashMap::new();
+        let mut wildcard: HashMap<String, Slot> = HashMap::new();
+        for (i, c) in certs.iter().enumerate() {
+            for name in &c.names {
+                let (map, key) = match name.strip_prefix("*.") {
+                    Some(parent) => (&mut wildcard, parent.to_string()),
+                    None => (&mut exact, name.clone()),
+                };
+                let slot = map.entry(key).or_default();
+                if let Some(&j) = slot.0.iter().find(|&&j| certs[j].algorithm == c.algorithm) {
+                    return Err(format!(
+                        "{name} is covered by two {} certificates, {:?} and {:?}: give each name at most one certificate per key type",
+                        c.algorithm.as_str(),
+                        certs[j].name,
+                        c.name
+                    ));
+                }
+                slot.0.push(i);
+                slot.0
+                    .sort_by_key(|&j| certs[j].algorithm == KeyAlgorithm::Rsa);
+            }
+        }
+        let Some(default_cert) = certs.get(default) else {
+            return Err("default certificate index out of range".to_string());
+        };
+        // The default slot: the default certificate's first name, which also
+        // holds its sibling of the other key type, if there is one.
+        let first = default_cert.names.first().cloned().unwrap_or_default();
+        let default_slot = match first.strip_prefix("*.") {
+            Some(parent) => wildcard.get(parent).cloned(),
+            None => exact.get(&first).cloned(),
+        }
+        .unwrap_or(Slot(vec![default]));
+        Ok(Self {
+            certs,
+            exact,
+            wildcard,
+            default: default_slot,
+        })
+    }
+
+    /// Loads every certificate of `config`, reporting all failures.
+    pub fn load(config: &Config) -> Result<Self, ConfigErrors> {
+        let mut loaded = Vec::new();
+        let mut errors = Vec::new();
+        for c in &config.certificates {
+            match load_certificate(c) {
+                Ok(l) => loaded.push(l),
+                Err(e) => errors.push(e.to_config_error(&config.path, c)),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Self::new(loaded, config.tls.default_certificate).map_err(|msg| {
+            let c = config.default_certificate();
+            ConfigErrors(vec![ConfigError::new(
+                &config.path,
+                c.chain_at,
+                "certificate",
+                msg,
+            )])
+        })
+    }
+
+    pub fn certificates(&self) -> &[Arc<LoadedCert>] {
+        &self.certs
+    }
+
+    /// Chooses the certificate for a ClientHello's SNI and signature schemes.
+    pub fn select(&self, sni: Option<&str>, schemes: &[SignatureScheme]) -> Selection {
+        let (slot, sni) = match sni.map(normalise_sni) {
+            None => (&self.default, SniMatch::Absent),
+            Some(None) => (&self.default, SniMatch::Unmatched),
+            Some(Some(name)) => match self.lookup(&name) {
+                Some(slot) => (slot, SniMatch::Matched),
+                None => (&self.default, SniMatch::Unmatched),
+            },
+        };
+        let pick = slot
+            .0
+            .iter()
+            .copied()
+            .find(|&i| self.certs[i].key.key.choose_scheme(schemes).is_some())
+            .or_else(|| slot.0.last().copied())
+            .unwrap_or(0);
+        Selection {
+            cert: self.certs[pick].clone(),
+            sni,
+        }
+    }
+
+    fn lookup(&self, name: &str) -> Option<&Slot> {
+        if let Some(slot) = self.exact.get(name) {
+            return Some(slot);
+        }
+        let (_, parent) = name.split_once('.')?;
+        self.wildcard.get(parent)
+    }
+}
+
+/// Lowercase, without a trailing dot; `None` if not a plausible DNS name.
+fn normalise_sni(sni: &str) -> Option<String> {
+    let s = sni.strip_suffix('.').unwrap_or(sni);
+    if s.is_empty()
+        || s.len() > MAX_SNI
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return None;
+    }
+    Some(s.to_ascii_lowercase())
+}
+
+/// Whether a certificate with these SAN names is valid for `host`
+/// (exact, or a one-label wildcard).
+pub fn covers(names: &[String], host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    names.iter().any(|n| match n.strip_prefix("*.") {
+        Some(parent) => host.split_once('.').is_some_and(|(_, p)| p == parent),
+        None => *n == host,
+    })
+}

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# postfix-backend.sh — a private Postfix "backend MTA" for starttls-proxy tests:
+# smtpd on 127.0.0.1:PORT that accepts mail for ANY domain and delivers it
+# into one Maildir under DIR.
+#
+#   postfix-backend.sh start DIR PORT   (re)start; a running instance in DIR is restarted
+#   postfix-backend.sh stop DIR         stop (exit 0 also when not running)
+#
+# Environment (start):
+#   PROXY=1               smtpd_upstream_proxy_protocol = haproxy (PROXY v1/v2 required
+#                         on every connection; without one: 421 after ~5 s)
+#   TLS_CERT=f TLS_KEY=k  also offer STARTTLS with this chain (leaf first) and key
+#   DISCARD=1             accept and queue, but discard instead of writing Maildir files
+#   PROCS=N               default_process_limit (default 100)
+#
+# Delivery: one file per recipient in DIR/maildir/new/, starting with
+# Return-Path:, X-Original-To:, Delivered-To: <recipient>, then the backend's
+# Received: header (shows the client identity the backend believed, e.g. as set
+# by XCLIENT or a PROXY header). Delivery is asynchronous: poll for the file.
+# XCLIENT and XFORWARD are allowed from 127.0.0.0/8. Log: DIR/log/maillog.
+# Exit 0 on success; 1 with "postfix-backend.sh: ERROR: ..." otherwise.
+set -euo pipefail
+. "$(dirname "$0")/lib-postfix.sh"
+usage() { die "usage: postfix-backend.sh start DIR PORT | stop DIR"; }
+
+[ $# -ge 2 ] || usage
+cmd=$1 dir=$(realpath -m -- "$2")
+pf_need
+
+case $cmd in
+stop)
+  [ $# -eq 2 ] || usage
+  pf_stop "$dir"
+  ;;
+start)
+  [ $# -eq 3 ] || usage
+  port=$3
+  [[ $port =~ ^[0-9]+$ ]] && [ "$port" -ge 1 ] && [ "$port" -le 65535 ] || die "bad PORT '$port'"
+  if [ -n "${TLS_CERT:-}" ] || [ -n "${TLS_KEY:-}" ]; then
+    [ -r "${TLS_CERT:-}" ] && [ -r "${TLS_KEY:-}" ] || die "TLS_CERT and TLS_KEY must both be readable files"
+  fi
+  pf_stop "$dir" >/dev/null
+  pf_listening "$port" && die "port $port is already in use: $(ss -Hltnp "sport = :$port" | head -1)"
+  pf_init "$dir" backend.example.test
+  mkdir -p "$dir/maildir"
+  chown nobody:nogroup "$dir/maildir"
+  cat >> "$dir/etc/main.cf" <<EOF
+smtpd_banner = \$myhostname ESMTP backend
+virtual_mailbox_domains = static:all
+virtual_mailbox_maps = static:maildir/
+virtual_mailbox_base = $dir
+virtual_uid_maps = static:$(id -u nobody)
+virtual_gid_maps = static:$(id -g nobody)
+virtual_transport = virtual
+smtpd_authorized_xclient_hosts = 127.0.0.0/8
+smtpd_authorized_xforward_hosts = 127.0.0.0/8
+smtpd_client_connection_count_limit = 0
+smtpd_client_connection_rate_limit = 0
+default_process_limit = ${PROCS:-100}
+EOF
+  if [ "${DISCARD:-}" = 1 ]; then postconf -c "$dir/etc" -e virtual_transport=discard; fi
+  if [ -n "${TLS_CERT:-}" ]; then
+    postconf -c "$dir/etc" -e \
+      "smtpd_tls_chain_files = $(realpath "$TLS_KEY"), $(realpath "$TLS_CERT")" \
+      smtpd_tls_security_level=may smtpd_tls_loglevel=1 smtpd_tls_received_header=yes
+  fi
+  tls=off; [ -z "${TLS_CERT:-}" ] || tls=on
+  proxy=""
+  if [ "${PROXY:-}" = 1 ]; then proxy="-o smtpd_upstream_proxy_protocol=haproxy"; fi
+  echo "127.0.0.1:$port inet n - n - - smtpd $proxy" >> "$dir/etc/master.cf"
+  pf_start "$dir"
+  for _ in $(seq 50); do pf_listening "$port" && break; sleep 0.1; done
+  pf_listening "$port" || die "smtpd not listening on 127.0.0.1:$port; see $dir/log/maillog"
+  echo "postfix-backend: started 127.0.0.1:$port pid=$(pf_pid "$dir") proxy=${PROXY:-0}" \
+       "tls=$tls discard=${DISCARD:-0}" \
+       "maildir=$dir/maildir/new log=$dir/log/maillog"
+  ;;
+*) usage ;;
+esac
