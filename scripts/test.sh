@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every test of starttls-proxy on a fresh Debian 12 machine, installing
+# what the tests need first (Postfix, swaks, openssl, python3: see
+# scripts/install-test-deps.sh). Run as root from anywhere:
+#
+#   scripts/test.sh
+#
+# Steps: install test dependencies, cargo fmt --check, cargo clippy
+# (warnings are errors), cargo test (unit, integration and interop tests).
+# Interop tests start private Postfix instances on loopback; a missing peer
+# makes them fail, never skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+die() { echo "test.sh: ERROR: $*" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || die "run as root: the interop tests start private Postfix instances"
+command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (rustup, Rust >= 1.85)"
+command -v cc >/dev/null || { apt-get install -y -q --no-install-recommends gcc libc6-dev >/dev/null || die "no C compiler (gcc) for ring"; }
+
+echo "== test dependencies"
+scripts/install-test-deps.sh
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --all-targets --locked
