@@ -184,7 +184,16 @@ async fn pre_tls(
                     log_plain_end(peer, &dialogue, "client_closed");
                     return;
                 }
-                Ok(Ok(n)) => codec.push(&buf[..n]),
+                Ok(Ok(n)) => {
+                    codec.push(&buf[..n]);
+                    if looks_like_tls(codec.buffer()) {
+                        // A client speaking implicit TLS to a STARTTLS port: no
+                        // SMTP reply can reach it, so close at once.
+                        warn!(%peer, reason = "implicit_tls_on_starttls_port", "TLS ClientHello received before STARTTLS; closing");
+                        log_plain_end(peer, &dialogue, "implicit_tls_on_starttls_port");
+                        return;
+                    }
+                }
             },
             _ = shutdown.changed() => {
                 let _ = write(&mut tcp, reply::SHUTTING_DOWN.render(host).as_bytes()).await;
@@ -318,6 +327,11 @@ async fn write<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> std::io::Result
 
 fn duration_ms(d: Duration) -> u64 {
     d.as_millis().min(u128::from(u64::MAX)) as u64
+}
+
+/// A TLS handshake record header: content type 22, major version 3.
+fn looks_like_tls(buf: &[u8]) -> bool {
+    buf.len() >= 3 && buf[0] == 0x16 && buf[1] == 0x03 && buf[2] <= 0x04
 }
 
 /// Client-supplied text made safe for a log line: printable ASCII only,

@@ -78,7 +78,11 @@ impl HandshakeError {
                     P::ServerDoesNotSupportTls12Or13
                     | P::SupportedVersionsExtensionRequired
                     | P::Tls12NotOffered
-                    | P::Tls12NotOfferedOrEnabled,
+                    | P::Tls12NotOfferedOrEnabled
+                    // TLS 1.0/1.1 ClientHellos carry no signature_algorithms
+                    // extension; rustls stops there before the version check.
+                    // Issue #6 classifies from the parsed ClientHello instead.
+                    | P::SignatureAlgorithmsExtensionRequired,
                 ) => "protocol_version",
                 E::PeerIncompatible(P::NoCipherSuitesInCommon) => "no_shared_cipher",
                 E::AlertReceived(_) => "alert_received",

@@ -1,0 +1,674 @@
+//! Test harness: the real `starttls-proxy` binary on loopback, an SMTP
+//! client with a real rustls handshake, openssl s_client, a scripted
+//! backend, and helpers for the private Postfix peers in tests/peers/.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn certs() -> PathBuf {
+    repo().join("certs.example")
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// === Config ===
+
+/// A config for the proxy under test; `{certs}` and `{dir}` are filled in.
+pub struct ProxyConfig {
+    pub text: String,
+}
+
+impl ProxyConfig {
+    /// One opportunistic STARTTLS listener on 127.0.0.1:0, the demo
+    /// certificates (mx1 RSA+ECDSA default, tenant2, wild), and `backend`
+    /// as the body of the one `[[backend]]` named "b".
+    pub fn standard(backend: &str) -> Self {
+        Self::with(r#"tls = "opportunistic""#, backend)
+    }
+
+    pub fn with(listener_extra: &str, backend: &str) -> Self {
+        let text = format!(
+            r#"hostname = "mx1.example.test"
+
+[[listener]]
+address = "127.0.0.1:0"
+backend = "b"
+{listener_extra}
+
+[tls]
+default_certificate = "mx1"
+
+[[certificate]]
+name = "mx1"
+chain = "{{certs}}/mx1.example.test/fullchain.pem"
+key = "{{certs}}/mx1.example.test/privkey.pem"
+
+[[certificate]]
+name = "mx1-ecdsa"
+chain = "{{certs}}/mx1.example.test/ecdsa/fullchain.pem"
+key = "{{certs}}/mx1.example.test/ecdsa/privkey.pem"
+
+[[certificate]]
+name = "tenant2"
+chain = "{{certs}}/mx.tenant2.test/fullchain.pem"
+key = "{{certs}}/mx.tenant2.test/privkey.pem"
+
+[[certificate]]
+name = "wild"
+chain = "{{certs}}/wild.test/fullchain.pem"
+key = "{{certs}}/wild.test/privkey.pem"
+
+[[backend]]
+name = "b"
+{backend}
+
+[log]
+format = "json"
+level = "debug"
+"#
+        );
+        Self { text }
+    }
+
+    pub fn sink() -> Self {
+        Self::standard(r#"sink = "{dir}/mail""#)
+    }
+
+    pub fn servers(addrs: &[SocketAddr]) -> Self {
+        let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+        Self::standard(&format!("servers = [{}]", list.join(", ")))
+    }
+
+    pub fn replace(mut self, from: &str, to: &str) -> Self {
+        assert!(self.text.contains(from), "config has no {from:?}");
+        self.text = self.text.replace(from, to);
+        self
+    }
+
+    pub fn append(mut self, extra: &str) -> Self {
+        self.text.push_str(extra);
+        self
+    }
+}
+
+// === Proxy ===
+
+/// The proxy binary running on a config in its own temporary directory.
+pub struct Proxy {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub addrs: Vec<SocketAddr>,
+    logs: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_starttls-proxy")
+}
+
+/// A temporary directory every user can enter (Postfix daemons run as other users).
+pub fn tempdir() -> tempfile::TempDir {
+    let d = tempfile::Builder::new()
+        .prefix("stp")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
+impl Proxy {
+    pub fn start(config: ProxyConfig) -> Proxy {
+        let dir = tempdir();
+        let text = config
+            .text
+            .replace("{certs}", certs().to_str().unwrap())
+            .replace("{dir}", dir.path().to_str().unwrap());
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn proxy");
+        let stderr = child.stderr.take().unwrap();
+        let logs: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+        let raw_lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        {
+            let logs = logs.clone();
+            let raw_lines = raw_lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    match serde_json::from_str(&line) {
+                        Ok(v) => logs.lock().unwrap().push(v),
+                        Err(_) => raw_lines.lock().unwrap().push(line),
+                    }
+                }
+            });
+        }
+        let mut proxy = Proxy {
+            child,
+            dir,
+            addrs: Vec::new(),
+            logs,
+        };
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if proxy.find_log("starttls-proxy ready").is_some() {
+                break;
+            }
+            if let Ok(Some(status)) = proxy.child.try_wait() {
+                panic!(
+                    "proxy exited with {status}: {:?}",
+                    raw_lines.lock().unwrap()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "proxy did not start: {:?}",
+                raw_lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        proxy.addrs = proxy
+            .logs_with("listener bound")
+            .iter()
+            .map(|v| v["address"].as_str().unwrap().parse().unwrap())
+            .collect();
+        proxy
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr().port()
+    }
+
+    /// Every JSON log event whose message is `message`.
+    pub fn logs_with(&self, message: &str) -> Vec<serde_json::Value> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["message"] == message)
+            .cloned()
+            .collect()
+    }
+
+    pub fn find_log(&self, message: &str) -> Option<serde_json::Value> {
+        self.logs_with(message).into_iter().next()
+    }
+
+    /// Waits for the `n`-th (1-based) event with this message.
+    pub fn wait_log(&self, message: &str, n: usize) -> serde_json::Value {
+        wait_for(&format!("log {message:?} #{n}"), TIMEOUT, || {
+            self.logs_with(message).get(n - 1).cloned()
+        })
+    }
+
+    pub fn all_logs(&self) -> String {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Files the sink stored (config from `ProxyConfig::sink`).
+    pub fn sink_messages(&self) -> Vec<Vec<u8>> {
+        let dir = self.dir.path().join("mail/new");
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        files.iter().map(|p| std::fs::read(p).unwrap()).collect()
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary with arguments and waits (for `check` and config errors).
+pub fn run_bin(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run binary")
+}
+
+// === SMTP client ===
+
+pub trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// A line-oriented SMTP client over TCP or TLS.
+pub struct Smtp {
+    r: BufReader<Box<dyn Stream>>,
+    pub tls_version: Option<rustls::ProtocolVersion>,
+    pub peer_certs: Vec<CertificateDer<'static>>,
+}
+
+impl Smtp {
+    pub fn connect(addr: SocketAddr) -> Smtp {
+        let tcp = TcpStream::connect(addr).expect("connect to proxy");
+        tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+        Smtp {
+            r: BufReader::new(Box::new(tcp)),
+            tls_version: None,
+            peer_certs: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, line: &str) {
+        self.send_raw(format!("{line}\r\n").as_bytes());
+    }
+
+    pub fn send_raw(&mut self, data: &[u8]) {
+        let w = self.r.get_mut();
+        w.write_all(data).unwrap();
+        w.flush().unwrap();
+    }
+
+    /// One complete (possibly multi-line) reply, CRLFs included.
+    pub fn reply(&mut self) -> String {
+        self.try_reply()
+            .expect("connection closed while waiting for a reply")
+    }
+
+    /// `None` when the server closed the connection.
+    pub fn try_reply(&mut self) -> Option<String> {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            match self.r.read_line(&mut line) {
+                Ok(0) => {
+                    return if all.is_empty() {
+                        None
+                    } else {
+                        panic!("partial reply: {all:?}")
+                    };
+                }
+                Ok(_) => {}
+                Err(e) => panic!("read failed: {e} (so far {all:?})"),
+            }
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] == b' ' || line.trim_end().len() == 3 {
+                return Some(all);
+            }
+        }
+    }
+
+    pub fn expect(&mut self, prefix: &str) -> String {
+        let r = self.reply();
+        assert!(r.starts_with(prefix), "expected {prefix:?}, got {r:?}");
+        r
+    }
+
+    pub fn cmd(&mut self, line: &str, prefix: &str) -> String {
+        self.send(line);
+        self.expect(prefix)
+    }
+
+    /// True when the server has closed (EOF) within the timeout.
+    pub fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.r.read(&mut b), Ok(0))
+    }
+
+    /// Handshakes over the same TCP connection. `sni`: name to send and
+    /// verify; `verify_name` without `sni`: verify that name, send no SNI.
+    pub fn start_tls(self, sni: Option<&str>, verify_name: &str) -> Result<Smtp, rustls::Error> {
+        self.start_tls_with(
+            sni,
+            verify_name,
+            &[&rustls::version::TLS13, &rustls::version::TLS12],
+        )
+    }
+
+    pub fn start_tls_with(
+        self,
+        sni: Option<&str>,
+        verify_name: &str,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Result<Smtp, rustls::Error> {
+        assert!(
+            self.r.buffer().is_empty(),
+            "bytes buffered before the handshake"
+        );
+        let inner = self.r.into_inner();
+        let mut config = client_config(versions);
+        config.enable_sni = sni.is_some();
+        let name = ServerName::try_from(sni.unwrap_or(verify_name).to_string()).unwrap();
+        let mut conn = rustls::ClientConnection::new(Arc::new(config), name)?;
+        let mut inner = inner;
+        while conn.is_handshaking() {
+            match conn.complete_io(&mut inner) {
+                Ok(_) => {}
+                Err(e) => {
+                    if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+                    {
+                        return Err(inner.clone());
+                    }
+                    return Err(rustls::Error::General(e.to_string()));
+                }
+            }
+        }
+        let tls_version = conn.protocol_version();
+        let peer_certs = conn
+            .peer_certificates()
+            .map(|c| c.to_vec())
+            .unwrap_or_default();
+        let stream = rustls::StreamOwned::new(conn, inner);
+        Ok(Smtp {
+            r: BufReader::new(Box::new(stream)),
+            tls_version,
+            peer_certs,
+        })
+    }
+}
+
+/// A rustls client trusting only the demo root.
+pub fn client_config(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(certs().join("ca.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+/// The subject CN of a DER certificate (for assertions).
+pub fn subject_of(der: &[u8]) -> String {
+    // Good enough for the demo PKI: find the printable CN value.
+    let text = Command::new("openssl")
+        .args([
+            "x509",
+            "-inform",
+            "DER",
+            "-noout",
+            "-subject",
+            "-nameopt",
+            "multiline",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(der)?;
+            c.wait_with_output()
+        })
+        .expect("openssl x509");
+    let out = String::from_utf8_lossy(&text.stdout).into_owned();
+    out.lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("commonName")
+                .map(|v| v.trim_start_matches([' ', '=']).trim().to_string())
+        })
+        .unwrap_or(out)
+}
+
+// === openssl s_client ===
+
+/// `openssl s_client -starttls smtp` against `addr` with extra arguments;
+/// stdin closed, so it quits after the handshake.
+pub fn s_client(addr: SocketAddr, args: &[&str]) -> (bool, String) {
+    let out = Command::new("timeout")
+        .arg("20")
+        .args([
+            "openssl",
+            "s_client",
+            "-starttls",
+            "smtp",
+            "-connect",
+            &addr.to_string(),
+        ])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl s_client (install openssl: scripts/install-test-deps.sh)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The ` N s:` subject lines of the chain openssl printed.
+pub fn chain_subjects(s_client_output: &str) -> Vec<String> {
+    s_client_output
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            let (n, rest) = l.split_once(' ')?;
+            n.parse::<u32>().ok()?;
+            rest.strip_prefix("s:").map(str::to_string)
+        })
+        .collect()
+}
+
+// === Scripted backend ===
+
+/// A fake backend MTA speaking exact bytes: greets, records every byte,
+/// answers each command line from a script (default: 250).
+pub struct FakeBackend {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<u8>>>,
+}
+
+#[derive(Clone, Copy)]
+pub enum FakeBehaviour {
+    /// Greet with 220 and answer like a small MTA.
+    Normal,
+    /// Accept and close at once.
+    CloseAtOnce,
+    /// Greet with this reply and then close.
+    Greeting(&'static str),
+    /// Normal until the message content starts, then close.
+    DropInData,
+}
+
+impl FakeBackend {
+    pub fn start(behaviour: FakeBehaviour) -> FakeBackend {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let received: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let rec = received.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(conn) = conn else { return };
+                let rec = rec.clone();
+                std::thread::spawn(move || fake_session(conn, behaviour, rec));
+            }
+        });
+        FakeBackend { addr, received }
+    }
+
+    pub fn transcript(&self) -> String {
+        String::from_utf8_lossy(&self.received.lock().unwrap()).into_owned()
+    }
+}
+
+fn fake_session(mut conn: TcpStream, behaviour: FakeBehaviour, rec: Arc<Mutex<Vec<u8>>>) {
+    match behaviour {
+        FakeBehaviour::CloseAtOnce => return,
+        FakeBehaviour::Greeting(g) => {
+            let _ = conn.write_all(format!("{g}\r\n").as_bytes());
+            return;
+        }
+        _ => {}
+    }
+    let _ = conn.write_all(b"220 fake.backend.test ESMTP\r\n");
+    let mut r = BufReader::new(conn.try_clone().unwrap());
+    let mut in_data = false;
+    loop {
+        let mut line = Vec::new();
+        match r.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        rec.lock().unwrap().extend_from_slice(&line);
+        if in_data {
+            if line == b".\r\n" {
+                in_data = false;
+                let _ = conn.write_all(b"250 2.0.0 Ok: queued as FAKE\r\n");
+            }
+            continue;
+        }
+        let upper = String::from_utf8_lossy(&line).to_ascii_uppercase();
+        let reply: &[u8] = if upper.starts_with("EHLO") {
+            b"250-fake.backend.test\r\n250-PIPELINING\r\n250-STARTTLS\r\n250 8BITMIME\r\n"
+        } else if upper.starts_with("DATA") {
+            if matches!(behaviour, FakeBehaviour::DropInData) {
+                let _ = conn.write_all(b"354 go ahead\r\n");
+                let mut first = [0u8; 1];
+                let _ = r.read(&mut first);
+                return;
+            }
+            in_data = true;
+            b"354 go ahead\r\n"
+        } else if upper.starts_with("QUIT") {
+            let _ = conn.write_all(b"221 2.0.0 Bye\r\n");
+            return;
+        } else {
+            b"250 2.0.0 Ok\r\n"
+        };
+        let _ = conn.write_all(reply);
+    }
+}
+
+// === Postfix peers (tests/peers) ===
+
+pub fn peer_script(name: &str) -> PathBuf {
+    repo().join("tests/peers").join(name)
+}
+
+/// A private Postfix backend on 127.0.0.1:port, stopped on drop.
+pub struct PostfixBackend {
+    pub dir: PathBuf,
+    pub port: u16,
+    _tmp: tempfile::TempDir,
+}
+
+impl PostfixBackend {
+    pub fn start(port: u16, env: &[(&str, &str)]) -> PostfixBackend {
+        let tmp = tempdir();
+        let dir = tmp.path().join("backend");
+        let out = Command::new(peer_script("postfix-backend.sh"))
+            .arg("start")
+            .arg(&dir)
+            .arg(port.to_string())
+            .envs(env.iter().copied())
+            .output()
+            .expect("run tests/peers/postfix-backend.sh (Postfix is installed by scripts/install-test-deps.sh)");
+        assert!(
+            out.status.success(),
+            "postfix backend did not start (a missing peer is a failure, see scripts/install-test-deps.sh):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PostfixBackend {
+            dir,
+            port,
+            _tmp: tmp,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The delivered message containing `needle`, polling until it appears.
+    pub fn delivered(&self, needle: &str) -> String {
+        let dir = self.dir.join("maildir/new");
+        wait_for(
+            &format!("delivery of {needle:?} in {}", dir.display()),
+            TIMEOUT,
+            || {
+                std::fs::read_dir(&dir).ok()?.flatten().find_map(|e| {
+                    let m = std::fs::read_to_string(e.path()).ok()?;
+                    m.contains(needle).then_some(m)
+                })
+            },
+        )
+    }
+}
+
+impl Drop for PostfixBackend {
+    fn drop(&mut self) {
+        let _ = Command::new(peer_script("postfix-backend.sh"))
+            .arg("stop")
+            .arg(&self.dir)
+            .output();
+    }
+}
+
+/// The strict Postfix sender: (exit code, output).
+pub fn postfix_send(port: u16, match_name: &str, sni: Option<&str>) -> (i32, String) {
+    let tmp = tempdir();
+    let mut cmd = Command::new(peer_script("postfix-sender.sh"));
+    cmd.arg("send")
+        .arg(tmp.path().join("sender"))
+        .arg(port.to_string())
+        .arg(certs().join("ca.pem"))
+        .arg(match_name);
+    if let Some(s) = sni {
+        cmd.arg(s);
+    }
+    let out = cmd.output().expect("run tests/peers/postfix-sender.sh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// `Path` helper for readability in tests.
+pub fn p(s: &str) -> &Path {
+    Path::new(s)
+}
