@@ -41,9 +41,6 @@ async fn run(config: Config) -> ExitCode {
     let store = match CertStore::load(&config) {
         Ok(s) => s,
         Err(errors) => {
-            for e in &errors.0 {
-                error!("{e}");
-            }
             eprintln!("{errors}");
             return ExitCode::from(2);
         }

@@ -347,10 +347,18 @@ impl Smtp {
         self.expect(prefix)
     }
 
-    /// True when the server has closed (EOF) within the timeout.
+    /// True when the server has closed the connection (EOF, or a reset
+    /// because our last command crossed its close) within the timeout.
     pub fn closed(&mut self) -> bool {
         let mut b = [0u8; 1];
-        matches!(self.r.read(&mut b), Ok(0))
+        match self.r.read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+            ),
+        }
     }
 
     /// Handshakes over the same TCP connection. `sni`: name to send and

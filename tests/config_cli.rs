@@ -1,0 +1,159 @@
+//! Config errors and `check` through the real binary: non-zero exit, and
+//! every message names the file, the line and the key.
+
+mod support;
+
+use support::*;
+
+fn write_config(dir: &tempfile::TempDir, text: &str) -> String {
+    let path = dir.path().join("bad.toml");
+    let text = text
+        .replace("{certs}", certs().to_str().unwrap())
+        .replace("{dir}", dir.path().to_str().unwrap());
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// 1-based line of the first line of `text` containing `needle`.
+fn line_of(config: &ProxyConfig, needle: &str) -> usize {
+    config
+        .text
+        .lines()
+        .position(|l| l.contains(needle))
+        .expect("needle in config")
+        + 1
+}
+
+fn run_fails_with(config: ProxyConfig, expected: &[&str]) {
+    let dir = tempdir();
+    let path = write_config(&dir, &config.text);
+    for sub in ["run", "check"] {
+        let out = run_bin(&[sub, "--config", &path]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{sub} accepted a bad config: {stderr}"
+        );
+        let want = expected
+            .iter()
+            .map(|e| e.replace("{path}", &path))
+            .collect::<Vec<_>>();
+        for w in &want {
+            assert!(
+                stderr.contains(w.as_str()),
+                "{sub}: expected {w:?} in:\n{stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn unknown_key_is_named_with_file_and_line() {
+    let config = ProxyConfig::sink().replace("[tls]", "[tls]\nsesion_tickets = 1");
+    let line = line_of(&config, "sesion_tickets");
+    let want = format!("{{path}}:{line}:1: tls.sesion_tickets: unknown field `sesion_tickets`");
+    run_fails_with(config, &[&want]);
+}
+
+#[test]
+fn bad_duration_is_named_with_file_and_line() {
+    let config = ProxyConfig::sink().append("\n[timeouts]\nhandshake = \"30 sec onds\"\n");
+    let line = line_of(&config, "30 sec onds");
+    let want = format!("{{path}}:{line}:13: timeouts.handshake: invalid duration \"30 sec onds\"");
+    run_fails_with(config, &[&want]);
+}
+
+#[test]
+fn missing_certificate_file_is_named_with_file_line_and_key() {
+    let config =
+        ProxyConfig::sink().replace("mx.tenant2.test/privkey.pem", "mx.tenant2.test/nope.pem");
+    let want = format!(
+        "{{path}}:{}:7: certificate[2].key: cannot read ",
+        line_of(&config, "nope.pem")
+    );
+    run_fails_with(
+        config,
+        &[&want, "mx.tenant2.test/nope.pem: No such file or directory"],
+    );
+}
+
+#[test]
+fn key_not_matching_the_chain_is_refused() {
+    let config =
+        ProxyConfig::sink().replace("mx.tenant2.test/privkey.pem", "wild.test/privkey.pem");
+    let want = format!(
+        "{{path}}:{}:7: certificate[2].key: ",
+        line_of(&config, "wild.test/privkey.pem")
+    );
+    run_fails_with(
+        config,
+        &[
+            &want,
+            "wild.test/privkey.pem: does not match the leaf certificate in ",
+        ],
+    );
+}
+
+#[test]
+fn check_reports_the_quickstart_config() {
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config", "config/quickstart.toml"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("certificate \"mx1\": RSA"), "{stdout}");
+    assert!(stdout.contains("chain of 2"), "{stdout}");
+    assert!(
+        stdout.contains("without SNI: certificate \"mx1"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("0 warning(s), 0 errors"), "{stdout}");
+}
+
+#[test]
+fn check_warns_when_the_default_certificate_does_not_cover_hostname() {
+    let dir = tempdir();
+    let text = ProxyConfig::sink()
+        .replace(
+            "default_certificate = \"mx1\"",
+            "default_certificate = \"tenant2\"",
+        )
+        .text;
+    let path = write_config(&dir, &text);
+    let out = run_bin(&["check", "--config", &path]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "warnings alone do not fail check: {stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "warning: the default certificate \"tenant2\" does not cover hostname mx1.example.test"
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn unbindable_listener_fails_start_naming_the_key() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap().to_string();
+    let dir = tempdir();
+    let path = write_config(
+        &dir,
+        &ProxyConfig::sink().replace("127.0.0.1:0", &taken).text,
+    );
+    let out = run_bin(&["run", "--config", &path]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("listener[0].address: cannot bind {taken}")),
+        "{stderr}"
+    );
+}

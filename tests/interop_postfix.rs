@@ -1,0 +1,131 @@
+//! Interop with real Postfix: as the backend behind the proxy, and as a
+//! strict sender that verifies our chain and name. Needs root and the
+//! packages from scripts/install-test-deps.sh; a missing peer fails the test.
+
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+/// Fixed loopback ports for the Postfix backends of this file (Postfix
+/// cannot bind port 0 and tell us); one per test so they run in parallel.
+const BACKEND_SWAKS: u16 = 14125;
+
+fn unique(tag: &str) -> String {
+    format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+#[test]
+fn swaks_over_starttls_delivers_into_postfix() {
+    let backend = PostfixBackend::start(BACKEND_SWAKS, &[]);
+    let proxy = Proxy::start(ProxyConfig::servers(&[backend.addr()]));
+    let subject = unique("swaks-interop");
+    let out = Command::new("swaks")
+        .args([
+            "-s",
+            &proxy.addr().ip().to_string(),
+            "-p",
+            &proxy.port().to_string(),
+        ])
+        .args(["--tls", "--tls-verify", "--tls-ca-path"])
+        .arg(certs().join("ca.pem"))
+        .args([
+            "--tls-sni",
+            "mx1.example.test",
+            "--ehlo",
+            "client.sender.test",
+        ])
+        .args(["--from", "sender@sender.test", "--to", "rcpt@example.test"])
+        .args([
+            "--header",
+            &format!("Subject: {subject}"),
+            "--timeout",
+            "20",
+        ])
+        .output()
+        .expect("swaks (installed by scripts/install-test-deps.sh)");
+    let transcript = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "swaks failed:\n{transcript}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(transcript.contains("TLS started"), "{transcript}");
+    // The 250 the client saw is Postfix's own.
+    assert!(
+        transcript.contains("<~  250 2.0.0 Ok: queued as"),
+        "{transcript}"
+    );
+    // STARTTLS is not offered inside TLS.
+    let after_tls = transcript.split("TLS started").nth(1).unwrap();
+    assert!(
+        !after_tls.contains("250-STARTTLS") && !after_tls.contains("250 STARTTLS"),
+        "{after_tls}"
+    );
+    let msg = backend.delivered(&subject);
+    assert!(msg.contains("Delivered-To: rcpt@example.test"), "{msg}");
+    assert!(msg.contains("by backend.example.test (Postfix)"), "{msg}");
+    let session = proxy.wait_log("session", 1);
+    assert_eq!(session["tls"], "starttls");
+    assert_eq!(session["messages"], 1);
+}
+
+#[test]
+fn strict_postfix_sender_accepts_our_chain_and_name() {
+    let proxy = Proxy::start(ProxyConfig::sink());
+    // With SNI, and without: the default certificate covers the MX name.
+    for sni in [Some("mx1.example.test"), None] {
+        let (code, out) = postfix_send(proxy.port(), "mx1.example.test", sni);
+        assert_eq!(code, 0, "strict sender must deliver (sni {sni:?}):\n{out}");
+        assert!(out.contains("Verified TLS connection established"), "{out}");
+    }
+    // A tenant's MX name with its SNI gets the tenant's certificate.
+    let (code, out) = postfix_send(proxy.port(), "mx.tenant2.test", Some("mx.tenant2.test"));
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(proxy.sink_messages().len(), 3);
+}
+
+#[test]
+fn strict_postfix_sender_defers_when_the_intermediate_is_missing() {
+    // A deliberately broken config: the leaf without its intermediate.
+    let config = ProxyConfig::sink()
+        .replace(
+            "mx1.example.test/fullchain.pem",
+            "mx1.example.test/leaf-only.pem",
+        )
+        .replace(
+            "mx1.example.test/ecdsa/fullchain.pem",
+            "mx1.example.test/ecdsa/leaf-only.pem",
+        );
+    let proxy = Proxy::start(config);
+    let (code, out) = postfix_send(proxy.port(), "mx1.example.test", Some("mx1.example.test"));
+    assert_eq!(
+        code, 1,
+        "a strict sender must defer on an incomplete chain:\n{out}"
+    );
+    assert!(out.contains("deferred"), "{out}");
+    assert!(
+        out.contains("untrusted issuer") || out.contains("unable to get local issuer"),
+        "{out}"
+    );
+    assert!(proxy.sink_messages().is_empty());
+}
+
+#[test]
+fn strict_postfix_sender_defers_on_a_name_mismatch() {
+    let proxy = Proxy::start(ProxyConfig::sink());
+    let (code, out) = postfix_send(proxy.port(), "mx9.other.test", None);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("hostname mismatch") || out.contains("Server certificate not verified"),
+        "{out}"
+    );
+}

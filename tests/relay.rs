@@ -1,0 +1,142 @@
+//! The relay after TLS: backend failures become 4xx, never 5xx or 250.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use support::*;
+
+/// Port 1 on loopback: nothing listens there, connections are refused.
+fn refused() -> SocketAddr {
+    "127.0.0.1:1".parse().unwrap()
+}
+
+fn tls_session(proxy: &Proxy) -> Smtp {
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("220");
+    c.cmd("EHLO client.test", "250");
+    c.cmd("STARTTLS", "220");
+    c.start_tls(Some("mx1.example.test"), "mx1.example.test")
+        .expect("handshake")
+}
+
+#[test]
+fn backend_refusing_connections_gives_421() {
+    let proxy = Proxy::start(ProxyConfig::servers(&[refused()]));
+    let mut c = tls_session(&proxy);
+    c.send("EHLO client.test");
+    let r = c.reply();
+    assert!(r.starts_with("421 4.4.1 mx1.example.test"), "{r}");
+    assert!(c.closed());
+    let s = proxy.wait_log("session", 1);
+    assert_eq!(s["outcome"], "backend_unavailable");
+}
+
+#[test]
+fn backend_down_in_plaintext_relay_gives_421() {
+    let proxy = Proxy::start(ProxyConfig::servers(&[refused()]));
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("220");
+    c.cmd("EHLO client.test", "250");
+    c.send("MAIL FROM:<a@sender.test>");
+    c.expect("421 4.4.1");
+}
+
+#[test]
+fn failover_to_the_next_server() {
+    let closing = FakeBackend::start(FakeBehaviour::CloseAtOnce);
+    let refusing_greeting = FakeBackend::start(FakeBehaviour::Greeting("554 5.3.2 not now"));
+    let good = FakeBackend::start(FakeBehaviour::Normal);
+    let proxy = Proxy::start(ProxyConfig::servers(&[
+        refused(),
+        closing.addr,
+        refusing_greeting.addr,
+        good.addr,
+    ]));
+    let mut c = tls_session(&proxy);
+    let ehlo = c.cmd("EHLO client.test", "250-fake.backend.test");
+    assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+    c.cmd("QUIT", "221");
+    assert_eq!(good.transcript(), "EHLO client.test\r\nQUIT\r\n");
+    let s = proxy.wait_log("session", 1);
+    assert_eq!(s["server"], good.addr.to_string());
+}
+
+#[test]
+fn a_5xx_greeting_from_the_only_backend_is_a_4xx_for_the_client() {
+    let b = FakeBackend::start(FakeBehaviour::Greeting("554 5.7.1 go away"));
+    let proxy = Proxy::start(ProxyConfig::servers(&[b.addr]));
+    let mut c = tls_session(&proxy);
+    c.send("EHLO client.test");
+    let r = c.reply();
+    assert!(
+        r.starts_with("421 4."),
+        "never a 5xx for a backend fault: {r}"
+    );
+}
+
+#[test]
+fn backend_dropping_mid_data_gives_421_not_250() {
+    let b = FakeBackend::start(FakeBehaviour::DropInData);
+    let proxy = Proxy::start(ProxyConfig::servers(&[b.addr]));
+    let mut c = tls_session(&proxy);
+    c.cmd("EHLO client.test", "250");
+    c.cmd("MAIL FROM:<a@sender.test>", "250");
+    c.cmd("RCPT TO:<b@example.test>", "250");
+    c.cmd("DATA", "354");
+    c.send_raw(b"Subject: lost\r\n\r\nbody\r\n.\r\n");
+    let r = c.reply();
+    assert!(r.starts_with("421 4.4.2 mx1.example.test"), "{r}");
+    assert!(c.closed());
+    let s = proxy.wait_log("session", 1);
+    assert_eq!(s["outcome"], "backend_lost");
+    assert_eq!(s["messages"], 0);
+}
+
+#[test]
+fn pipelined_transaction_replies_stay_in_order() {
+    let b = FakeBackend::start(FakeBehaviour::Normal);
+    let proxy = Proxy::start(ProxyConfig::servers(&[b.addr]));
+    let mut c = tls_session(&proxy);
+    c.cmd("EHLO client.test", "250");
+    c.send_raw(b"MAIL FROM:<a@sender.test>\r\nRCPT TO:<b@example.test>\r\nRCPT TO:<c@example.test>\r\nDATA\r\n");
+    c.expect("250");
+    c.expect("250");
+    c.expect("250");
+    c.expect("354");
+    // Bare LF line ends are normalised: the backend sees CRLF only and the
+    // message ends exactly where the proxy thinks it does.
+    c.send_raw(b"Subject: x\n\nline\n.\nQUIT\r\n");
+    c.expect("250 2.0.0 Ok: queued as FAKE");
+    c.expect("221");
+    let t = b.transcript();
+    assert!(
+        t.ends_with("DATA\r\nSubject: x\r\n\r\nline\r\n.\r\nQUIT\r\n"),
+        "{t:?}"
+    );
+    assert_eq!(proxy.wait_log("session", 1)["messages"], 1);
+}
+
+#[test]
+fn bdat_chunks_pass_through() {
+    let proxy = Proxy::start(ProxyConfig::sink());
+    let mut c = tls_session(&proxy);
+    let ehlo = c.cmd("EHLO client.test", "250");
+    assert!(ehlo.contains("CHUNKING"), "{ehlo}");
+    c.cmd("MAIL FROM:<a@sender.test>", "250");
+    c.cmd("RCPT TO:<b@example.test>", "250");
+    let part1 = b"Subject: chunks\r\n\r\n.not stuffed in BDAT\r\n";
+    let part2 = b"end\r\n";
+    c.send_raw(format!("BDAT {}\r\n", part1.len()).as_bytes());
+    c.send_raw(part1);
+    c.expect("250");
+    c.send_raw(format!("BDAT {} LAST\r\n", part2.len()).as_bytes());
+    c.send_raw(part2);
+    c.expect("250 2.0.0 Ok: queued");
+    let m = proxy.sink_messages();
+    assert!(
+        m[0].ends_with(b"Subject: chunks\r\n\r\n.not stuffed in BDAT\r\nend\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&m[0])
+    );
+}
