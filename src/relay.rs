@@ -141,6 +141,7 @@ where
         to_backend: Vec::with_capacity(READ_BUF + 64),
         to_client: Vec::with_capacity(1024),
         server: backend.server,
+        progress: 0,
     };
     r.codec.push(&client_input);
     if let Some(mut helo) = replay_helo {
@@ -167,6 +168,8 @@ struct Relay<'a> {
     to_backend: Vec<u8>,
     to_client: Vec<u8>,
     server: String,
+    /// Counts command lines and content pieces taken from the client.
+    progress: u64,
 }
 
 /// A step's verdict: go on, or end the session this way.
@@ -190,8 +193,14 @@ impl Relay<'_> {
         let mut bbuf = vec![0u8; READ_BUF];
         let mut idle_deadline = Instant::now() + self.settings.command_timeout;
         loop {
-            // Work through everything already received, in order.
+            // Work through everything already received, in order. The
+            // idle clock restarts on progress (a command line, or message
+            // content), not on any byte: dribbling half a line is idle.
+            let progress = self.progress;
             let step = self.client_input();
+            if self.progress != progress {
+                idle_deadline = Instant::now() + self.settings.command_timeout;
+            }
             if let Err(end) = self.flush(cw, bw).await {
                 return end;
             }
@@ -211,10 +220,7 @@ impl Relay<'_> {
             tokio::select! {
                 res = cr.read(&mut cbuf), if read_client => match res {
                     Ok(0) => return RelayEnd::ClientClosed,
-                    Ok(n) => {
-                        self.codec.push(&cbuf[..n]);
-                        idle_deadline = Instant::now() + self.settings.command_timeout;
-                    }
+                    Ok(n) => self.codec.push(&cbuf[..n]),
                     Err(e) => {
                         debug!(error = %e, "client read failed");
                         return RelayEnd::ClientError;
@@ -309,6 +315,7 @@ impl Relay<'_> {
                     }
                     let s = scanner.scan(buf, &mut self.to_backend);
                     self.codec.consume(s.consumed);
+                    self.progress += 1;
                     if !s.ended {
                         return Ok(());
                     }
@@ -320,6 +327,7 @@ impl Relay<'_> {
                     let n = (*remaining).min(buf.len() as u64) as usize;
                     self.to_backend.extend_from_slice(&buf[..n]);
                     self.codec.consume(n);
+                    self.progress += 1;
                     *remaining -= n as u64;
                     if *remaining > 0 {
                         return Ok(());
@@ -333,6 +341,7 @@ impl Relay<'_> {
                     let Some(line) = self.codec.next_line() else {
                         return Ok(());
                     };
+                    self.progress += 1;
                     self.command(line);
                 }
             }

@@ -101,8 +101,12 @@ async fn pre_tls(
         return;
     }
     let mut buf = [0u8; 4096];
+    // The command timeout runs from the last complete line, not the last
+    // byte: a client dribbling one byte at a time is still idle.
+    let mut idle_deadline = Instant::now() + ctx.timeouts.command;
     loop {
         while let Some(line) = codec.next_line() {
+            idle_deadline = Instant::now() + ctx.timeouts.command;
             match dialogue.on_line(line) {
                 Action::Reply(r) => {
                     if write(&mut tcp, r.as_bytes()).await.is_err() {
@@ -171,8 +175,7 @@ async fn pre_tls(
                 }
             }
         }
-        let idle = ctx.timeouts.command;
-        let deadline = (Instant::now() + idle).min(session_deadline);
+        let deadline = idle_deadline.min(session_deadline);
         tokio::select! {
             res = tokio::time::timeout_at(deadline, tcp.read(&mut buf)) => match res {
                 Err(_) => {

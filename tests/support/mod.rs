@@ -253,6 +253,10 @@ impl Proxy {
         files.iter().map(|p| std::fs::read(p).unwrap()).collect()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
@@ -284,6 +288,8 @@ pub struct Smtp {
     r: BufReader<Box<dyn Stream>>,
     pub tls_version: Option<rustls::ProtocolVersion>,
     pub peer_certs: Vec<CertificateDer<'static>>,
+    /// The TLS handshake resumed an earlier session.
+    pub resumed: bool,
 }
 
 impl Smtp {
@@ -294,6 +300,7 @@ impl Smtp {
             r: BufReader::new(Box::new(tcp)),
             tls_version: None,
             peer_certs: Vec::new(),
+            resumed: false,
         }
     }
 
@@ -377,29 +384,34 @@ impl Smtp {
         verify_name: &str,
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> Result<Smtp, rustls::Error> {
+        let mut config = client_config(versions);
+        config.enable_sni = sni.is_some();
+        self.start_tls_shared(Arc::new(config), sni.unwrap_or(verify_name))
+    }
+
+    /// Handshakes with a given client config (shared, e.g. for resumption).
+    pub fn start_tls_shared(
+        self,
+        config: Arc<rustls::ClientConfig>,
+        name: &str,
+    ) -> Result<Smtp, rustls::Error> {
         assert!(
             self.r.buffer().is_empty(),
             "bytes buffered before the handshake"
         );
-        let inner = self.r.into_inner();
-        let mut config = client_config(versions);
-        config.enable_sni = sni.is_some();
-        let name = ServerName::try_from(sni.unwrap_or(verify_name).to_string()).unwrap();
-        let mut conn = rustls::ClientConnection::new(Arc::new(config), name)?;
-        let mut inner = inner;
+        let mut inner = self.r.into_inner();
+        let name = ServerName::try_from(name.to_string()).unwrap();
+        let mut conn = rustls::ClientConnection::new(config, name)?;
         while conn.is_handshaking() {
-            match conn.complete_io(&mut inner) {
-                Ok(_) => {}
-                Err(e) => {
-                    if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
-                    {
-                        return Err(inner.clone());
-                    }
-                    return Err(rustls::Error::General(e.to_string()));
+            if let Err(e) = conn.complete_io(&mut inner) {
+                if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                    return Err(inner.clone());
                 }
+                return Err(rustls::Error::General(e.to_string()));
             }
         }
         let tls_version = conn.protocol_version();
+        let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         let peer_certs = conn
             .peer_certificates()
             .map(|c| c.to_vec())
@@ -409,6 +421,7 @@ impl Smtp {
             r: BufReader::new(Box::new(stream)),
             tls_version,
             peer_certs,
+            resumed,
         })
     }
 }

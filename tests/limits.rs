@@ -1,0 +1,123 @@
+//! Connection limits, timeouts and shutdown, against the real binary.
+
+mod support;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+#[test]
+fn per_ip_limit_answers_421_and_frees_the_slot_on_close() {
+    let proxy =
+        Proxy::start(ProxyConfig::sink().append("\n[limits]\nmax_connections_per_ip = 2\n"));
+    let mut a = Smtp::connect(proxy.addr());
+    a.expect("220");
+    let mut b = Smtp::connect(proxy.addr());
+    b.expect("220");
+    let mut c = Smtp::connect(proxy.addr());
+    assert_eq!(
+        c.reply(),
+        "421 4.7.0 mx1.example.test Error: too many connections from your address\r\n"
+    );
+    assert!(c.closed());
+    a.cmd("QUIT", "221");
+    // Once a's slot is released a new connection is admitted.
+    wait_for("a free slot", TIMEOUT, || {
+        let mut d = Smtp::connect(proxy.addr());
+        d.reply().starts_with("220").then_some(())
+    });
+    b.cmd("NOOP", "250");
+}
+
+#[test]
+fn idle_client_is_cut_by_the_command_timeout() {
+    let proxy = Proxy::start(ProxyConfig::sink().append("\n[timeouts]\ncommand = \"1s\"\n"));
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("220");
+    let start = Instant::now();
+    assert_eq!(
+        c.reply(),
+        "421 4.4.2 mx1.example.test Error: timeout exceeded\r\n"
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(c.closed());
+}
+
+#[test]
+fn stalled_handshake_is_cut_by_the_handshake_timeout() {
+    let proxy = Proxy::start(ProxyConfig::sink().append("\n[timeouts]\nhandshake = \"1s\"\n"));
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("220");
+    c.cmd("STARTTLS", "220");
+    // Start a ClientHello and never finish it.
+    c.send_raw(b"\x16\x03\x01\x00\xff\x01");
+    assert!(c.closed(), "the proxy must close a stalled handshake");
+    let ev = proxy.wait_log("tls handshake failed", 1);
+    assert_eq!(ev["reason"], "timeout");
+}
+
+#[test]
+fn slowloris_inside_a_line_is_cut_by_the_command_timeout() {
+    let proxy = Proxy::start(ProxyConfig::sink().append("\n[timeouts]\ncommand = \"1s\"\n"));
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("220");
+    // One byte every 300 ms never completes a line: idle, whatever it sends.
+    let mut tcp = std::net::TcpStream::connect(proxy.addr()).unwrap();
+    tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut r = std::io::BufReader::new(tcp.try_clone().unwrap());
+    let mut greeting = String::new();
+    std::io::BufRead::read_line(&mut r, &mut greeting).unwrap();
+    while start.elapsed() < Duration::from_secs(10) {
+        if tcp.write_all(b"N").is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        tcp.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 256];
+        if let Ok(n) = std::io::Read::read(&mut r, &mut buf) {
+            got.extend_from_slice(&buf[..n]);
+            if n == 0 || got.ends_with(b"\r\n") {
+                break;
+            }
+        }
+        tcp.set_nonblocking(false).unwrap();
+    }
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("421 4.4.2"), "{got:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    c.send("NOOP");
+}
+
+#[test]
+fn sigterm_sends_421_to_idle_sessions_and_exits() {
+    let mut proxy = Proxy::start(ProxyConfig::sink());
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("220");
+    c.cmd("EHLO client.test", "250");
+    let pid = proxy.pid();
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(
+        c.reply(),
+        "421 4.3.2 mx1.example.test Service shutting down, try again later\r\n"
+    );
+    wait_for("proxy exit", TIMEOUT, || (!proxy.alive()).then_some(()));
+    assert!(
+        std::net::TcpStream::connect(proxy.addr()).is_err(),
+        "listener must be closed"
+    );
+}
