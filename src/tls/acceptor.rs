@@ -47,22 +47,24 @@ pub enum HandshakeError {
 
 impl HandshakeError {
     fn from_io(e: io::Error) -> Self {
-        match e.kind() {
+        let kind = e.kind();
+        match kind {
             io::ErrorKind::UnexpectedEof => return Self::Eof,
             io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => return Self::Reset,
             _ => {}
         }
-        if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
-            if let Ok(inner) = e
-                .into_inner()
-                .ok_or(())
-                .and_then(|b| b.downcast::<rustls::Error>().map_err(|_| ()))
-            {
-                return Self::Tls(*inner);
-            }
-            return Self::Io(io::Error::other("TLS error"));
+        // tokio-rustls wraps the rustls error that ended the handshake.
+        if !e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+            return Self::Io(e);
         }
-        Self::Io(e)
+        match e
+            .into_inner()
+            .map(|inner| inner.downcast::<rustls::Error>())
+        {
+            Some(Ok(tls)) => Self::Tls(*tls),
+            Some(Err(other)) => Self::Io(io::Error::new(kind, other)),
+            None => Self::Io(io::Error::from(kind)),
+        }
     }
 
     /// A label from a fixed set (issue #6 refines these from the ClientHello).
