@@ -186,3 +186,151 @@ pub fn covers(names: &[String], host: &str) -> bool {
         None => *n == host,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::sign::CertifiedKey;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+    fn key(dir: &str) -> Arc<CertifiedKey> {
+        let base = format!("{}/certs.example/{dir}", env!("CARGO_MANIFEST_DIR"));
+        let key = PrivateKeyDer::from_pem_file(format!("{base}/privkey.pem")).unwrap();
+        let key = rustls::crypto::ring::sign::any_supported_type(&key).unwrap();
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(format!("{base}/fullchain.pem"))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+        Arc::new(CertifiedKey::new(chain, key))
+    }
+
+    fn cert(name: &str, names: &[&str], algorithm: KeyAlgorithm) -> LoadedCert {
+        let dir = if algorithm == KeyAlgorithm::Ecdsa {
+            "mx1.example.test/ecdsa"
+        } else {
+            "mx1.example.test"
+        };
+        LoadedCert {
+            name: name.into(),
+            names: names.iter().map(|n| n.to_string()).collect(),
+            key: key(dir),
+            algorithm,
+            subject: String::new(),
+            issuer: String::new(),
+            serial: String::new(),
+            not_before: 0,
+            not_after: 0,
+            root_dropped: false,
+        }
+    }
+
+    const ECDSA_OK: &[SignatureScheme] = &[
+        SignatureScheme::ECDSA_NISTP256_SHA256,
+        SignatureScheme::RSA_PSS_SHA256,
+    ];
+    const RSA_ONLY: &[SignatureScheme] = &[
+        SignatureScheme::RSA_PSS_SHA256,
+        SignatureScheme::RSA_PKCS1_SHA256,
+    ];
+
+    fn store() -> CertStore {
+        CertStore::new(
+            vec![
+                cert("mx1", &["mx1.example.test"], KeyAlgorithm::Rsa),
+                cert("mx1-ecdsa", &["mx1.example.test"], KeyAlgorithm::Ecdsa),
+                cert(
+                    "tenant",
+                    &["mx.tenant.test", "*.tenant.test"],
+                    KeyAlgorithm::Rsa,
+                ),
+                cert("special", &["special.tenant.test"], KeyAlgorithm::Rsa),
+            ],
+            0,
+        )
+        .unwrap()
+    }
+
+    fn pick(
+        s: &CertStore,
+        sni: Option<&str>,
+        schemes: &[SignatureScheme],
+    ) -> (String, &'static str) {
+        let sel = s.select(sni, schemes);
+        (sel.cert.name.clone(), sel.sni.as_str())
+    }
+
+    #[test]
+    fn exact_then_wildcard_then_default() {
+        let s = store();
+        assert_eq!(
+            pick(&s, Some("mx.tenant.test"), RSA_ONLY),
+            ("tenant".into(), "matched")
+        );
+        assert_eq!(
+            pick(&s, Some("special.tenant.test"), RSA_ONLY),
+            ("special".into(), "matched")
+        );
+        assert_eq!(
+            pick(&s, Some("other.tenant.test"), RSA_ONLY),
+            ("tenant".into(), "matched")
+        );
+        assert_eq!(
+            pick(&s, Some("a.b.tenant.test"), RSA_ONLY),
+            ("mx1".into(), "unmatched")
+        );
+        assert_eq!(
+            pick(&s, Some("tenant.test"), RSA_ONLY),
+            ("mx1".into(), "unmatched")
+        );
+        assert_eq!(pick(&s, None, RSA_ONLY), ("mx1".into(), "absent"));
+    }
+
+    #[test]
+    fn ecdsa_when_the_client_allows_it() {
+        let s = store();
+        assert_eq!(pick(&s, Some("mx1.example.test"), ECDSA_OK).0, "mx1-ecdsa");
+        assert_eq!(pick(&s, Some("mx1.example.test"), RSA_ONLY).0, "mx1");
+        // The default slot holds both too.
+        assert_eq!(pick(&s, None, ECDSA_OK).0, "mx1-ecdsa");
+        assert_eq!(pick(&s, Some("unknown.test"), RSA_ONLY).0, "mx1");
+    }
+
+    #[test]
+    fn sni_is_normalised_and_bounded() {
+        let s = store();
+        assert_eq!(
+            pick(&s, Some("MX.Tenant.TEST."), RSA_ONLY),
+            ("tenant".into(), "matched")
+        );
+        let long = format!("{}.tenant.test", "a".repeat(300));
+        assert_eq!(pick(&s, Some(&long), RSA_ONLY), ("mx1".into(), "unmatched"));
+        assert_eq!(
+            pick(&s, Some("mx.tenant.test\u{0}"), RSA_ONLY),
+            ("mx1".into(), "unmatched")
+        );
+    }
+
+    #[test]
+    fn two_certificates_of_one_type_for_a_name_are_refused() {
+        let e = CertStore::new(
+            vec![
+                cert("a", &["mx.test.example"], KeyAlgorithm::Rsa),
+                cert("b", &["mx.test.example"], KeyAlgorithm::Rsa),
+            ],
+            0,
+        )
+        .unwrap_err();
+        assert!(e.contains("\"a\" and \"b\""), "{e}");
+    }
+
+    #[test]
+    fn coverage() {
+        let names = vec!["mx.a.test".to_string(), "*.b.test".to_string()];
+        assert!(covers(&names, "MX.a.test"));
+        assert!(covers(&names, "x.b.test"));
+        assert!(!covers(&names, "x.y.b.test"));
+        assert!(!covers(&names, "b.test"));
+    }
+}
