@@ -299,6 +299,18 @@ async fn relay_to_backend<C>(
             return;
         }
     };
+    // Implicit TLS: the client waits for a greeting inside TLS, sent once
+    // the backend is known to be there (else the 421 above greets).
+    if tls == SessionTls::Implicit
+        && write(
+            &mut client,
+            reply::GREETING.render(&ctx.hostname).as_bytes(),
+        )
+        .await
+        .is_err()
+    {
+        return;
+    }
     let server = backend.server.clone();
     let settings = RelaySettings {
         hostname: ctx.hostname.clone(),

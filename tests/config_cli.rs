@@ -110,7 +110,9 @@ fn check_reports_the_quickstart_config() {
     assert!(stdout.contains("certificate \"mx1\": RSA"), "{stdout}");
     assert!(stdout.contains("chain of 2"), "{stdout}");
     assert!(
-        stdout.contains("without SNI: certificate \"mx1"),
+        stdout.contains(
+            "without SNI: certificate \"mx1-ecdsa\" (ECDSA clients), \"mx1\" (RSA-only clients)"
+        ) && stdout.contains("SNI any-label.tenant2.test: certificate \"tenant2\""),
         "{stdout}"
     );
     assert!(stdout.contains("0 warning(s), 0 errors"), "{stdout}");

@@ -121,3 +121,17 @@ fn sigterm_sends_421_to_idle_sessions_and_exits() {
         "listener must be closed"
     );
 }
+
+#[test]
+fn sighup_does_not_stop_the_proxy() {
+    let mut proxy = Proxy::start(ProxyConfig::sink());
+    let st = std::process::Command::new("kill")
+        .args(["-HUP", &proxy.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    proxy.wait_log("SIGHUP received: reload is not implemented in this version yet; restart to apply config or certificate changes", 1);
+    assert!(proxy.alive());
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("220");
+}

@@ -43,8 +43,14 @@ backend = "b"
             .unwrap();
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     use std::io::{Read, Write};
-    tls.write_all(b"EHLO implicit.client.test\r\n").unwrap();
+    // The greeting comes inside TLS, before the client says anything.
     let mut buf = [0u8; 512];
+    let n = tls.read(&mut buf).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&buf[..n]),
+        "220 mx1.example.test ESMTP starttls-proxy\r\n"
+    );
+    tls.write_all(b"EHLO implicit.client.test\r\n").unwrap();
     let n = tls.read(&mut buf).unwrap();
     let reply = String::from_utf8_lossy(&buf[..n]);
     assert!(reply.starts_with("250-mx1.example.test"), "{reply}");
@@ -101,4 +107,40 @@ fn session_tickets_when_configured() {
         second_handshake_resumes(&proxy),
         "session_tickets = 2 should allow resumption"
     );
+}
+
+#[test]
+fn swaks_delivers_over_implicit_tls() {
+    let proxy = Proxy::start(ProxyConfig::with(
+        r#"mode = "implicit""#,
+        r#"sink = "{dir}/mail""#,
+    ));
+    let out = std::process::Command::new("swaks")
+        .args([
+            "-s",
+            &proxy.addr().ip().to_string(),
+            "-p",
+            &proxy.port().to_string(),
+            "--tlsc",
+        ])
+        .args(["--tls-verify", "--tls-ca-path"])
+        .arg(certs().join("ca.pem"))
+        .args([
+            "--tls-sni",
+            "mx1.example.test",
+            "--to",
+            "rcpt@example.test",
+            "--timeout",
+            "20",
+        ])
+        .output()
+        .expect("swaks (installed by scripts/install-test-deps.sh)");
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{t}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(t.contains("<~  220 mx1.example.test ESMTP"), "{t}");
+    assert_eq!(proxy.sink_messages().len(), 1);
 }

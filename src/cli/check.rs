@@ -4,6 +4,8 @@
 
 use std::process::ExitCode;
 
+use rustls::SignatureScheme;
+
 use crate::config::Config;
 use crate::tls::CertStore;
 use crate::tls::load::{fmt_time, now_unix};
@@ -52,8 +54,42 @@ pub fn main(path: &std::path::Path) -> ExitCode {
             }
         );
     }
-    let default = store.select(None, &[]);
-    println!("without SNI: certificate {:?}", default.cert.name);
+    // What a client gets, for every configured name and without SNI; ECDSA
+    // where the client offers ECDSA signature schemes, RSA otherwise.
+    let ecdsa_client = [
+        SignatureScheme::ECDSA_NISTP256_SHA256,
+        SignatureScheme::RSA_PSS_SHA256,
+    ];
+    let rsa_client = [
+        SignatureScheme::RSA_PSS_SHA256,
+        SignatureScheme::RSA_PKCS1_SHA256,
+    ];
+    let served = |sni: Option<&str>| {
+        let e = store.select(sni, &ecdsa_client).cert.name.clone();
+        let r = store.select(sni, &rsa_client).cert.name.clone();
+        if e == r {
+            format!("{e:?}")
+        } else {
+            format!("{e:?} (ECDSA clients), {r:?} (RSA-only clients)")
+        }
+    };
+    let mut names: Vec<&String> = store
+        .certificates()
+        .iter()
+        .flat_map(|c| c.names.iter())
+        .collect();
+    names.sort();
+    names.dedup();
+    for n in names {
+        let example = n.strip_prefix("*.").map(|p| format!("any-label.{p}"));
+        println!(
+            "SNI {}: certificate {}",
+            example.as_deref().unwrap_or(n),
+            served(Some(example.as_deref().unwrap_or(n)))
+        );
+    }
+    println!("without SNI: certificate {}", served(None));
+    let default = store.select(None, &rsa_client);
     if !crate::tls::store::covers(&default.cert.names, &config.hostname) {
         warnings += 1;
         println!(

@@ -59,9 +59,21 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Accepted for forward compatibility, said out loud so nobody relies on them.
     if config.metrics.is_some() {
         warn!("[metrics] is set but the metrics endpoint is not implemented in this version yet");
     }
+    if config.tls.trust_anchors.is_some() {
+        warn!(
+            "tls.trust_anchors is set but chain validation to trust anchors is not implemented in this version yet"
+        );
+    }
+    if config.reload_set {
+        warn!(
+            "[reload] is set but certificate hot reload is not implemented in this version yet; restart to apply changes"
+        );
+    }
+    crate::shutdown::ignore_hangups();
 
     let mut backends = Vec::new();
     for b in &config.backends {

@@ -63,13 +63,18 @@ impl ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: ",
-            self.file.display(),
-            self.at.line,
-            self.at.column
-        )?;
+        // Line 0: the file as a whole (e.g. it cannot be read).
+        if self.at.line == 0 {
+            write!(f, "{}: ", self.file.display())?;
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: ",
+                self.file.display(),
+                self.at.line,
+                self.at.column
+            )?;
+        }
         if !self.key.is_empty() {
             write!(f, "{}: ", self.key)?;
         }

@@ -38,6 +38,8 @@ pub struct Config {
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub reload: ReloadConfig,
+    /// `[reload]` was written in the file (it has no effect before issue #4).
+    pub reload_set: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -226,9 +228,11 @@ impl Checker<'_> {
             backend_connect: t.backend_connect.0,
             shutdown_grace: t.shutdown_grace.0,
         };
+        let reload_set = raw.reload.is_some();
+        let r = raw.reload.unwrap_or_default();
         let reload = ReloadConfig {
-            debounce: raw.reload.debounce.0,
-            poll_interval: raw.reload.poll_interval.0,
+            debounce: r.debounce.0,
+            poll_interval: r.poll_interval.0,
         };
 
         if !self.errors.is_empty() {
@@ -253,6 +257,7 @@ impl Checker<'_> {
             limits,
             timeouts,
             reload,
+            reload_set,
         })
     }
 

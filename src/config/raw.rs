@@ -32,8 +32,7 @@ pub struct RawConfig {
     pub limits: RawLimits,
     #[serde(default)]
     pub timeouts: RawTimeouts,
-    #[serde(default)]
-    pub reload: RawReload,
+    pub reload: Option<RawReload>,
 }
 
 #[derive(Debug, Deserialize)]
