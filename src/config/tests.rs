@@ -192,3 +192,21 @@ fn dns_names() {
     assert!(!is_dns_name("-a.test"));
     assert!(!is_dns_name("a b.test"));
 }
+
+#[test]
+fn shipped_example_configs_parse() {
+    for (name, text) in [
+        (
+            "config/quickstart.toml",
+            include_str!("../../config/quickstart.toml"),
+        ),
+        (
+            "config/production.example.toml",
+            include_str!("../../config/production.example.toml"),
+        ),
+    ] {
+        if let Err(e) = Config::parse(Path::new(name), text) {
+            panic!("{name} does not parse:\n{e}");
+        }
+    }
+}
