@@ -364,6 +364,9 @@ impl Relay<'_> {
             }
             Command::StartTls { .. } => Expect::Local(reply::STARTTLS_NOT_NOW),
             Command::Bdat(None) => Expect::Local(reply::BDAT_SYNTAX),
+            Command::BadCharacters => Expect::Local(reply::BAD_CHARACTERS),
+            Command::Xclient => Expect::Local(reply::XCLIENT_DENIED),
+            Command::Auth if !self.settings.tls => Expect::Local(reply::AUTH_NEEDS_TLS),
             Command::Ehlo(_) => Expect::Ehlo,
             Command::Quit => Expect::Quit,
             Command::Data => {
@@ -428,7 +431,7 @@ impl Relay<'_> {
             }
             Some(Expect::Ehlo) => {
                 self.to_client
-                    .extend_from_slice(&ehlo::filter_backend_reply(&reply));
+                    .extend_from_slice(&ehlo::filter_backend_reply(&reply, self.settings.tls));
             }
             Some(Expect::DataGo) => {
                 self.mode = if reply.code == 354 {

@@ -99,10 +99,18 @@ fn pipelined_transaction_replies_stay_in_order() {
     let proxy = Proxy::start(ProxyConfig::servers(&[b.addr]));
     let mut c = tls_session(&proxy);
     c.cmd("EHLO client.test", "250");
-    c.send_raw(b"MAIL FROM:<a@sender.test>\r\nRCPT TO:<b@example.test>\r\nRCPT TO:<c@example.test>\r\nDATA\r\n");
-    c.expect("250");
-    c.expect("250");
-    c.expect("250");
+    // Backend replies and the proxy's own (554 for STARTTLS, 500 for a
+    // control character) interleaved in one pipelined burst.
+    c.send_raw(b"NOOP\r\nSTARTTLS\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<reject@example.test>\r\nNOOP\x0b\r\nRCPT TO:<c@example.test>\r\nDATA\r\n");
+    assert_eq!(c.reply(), "250 2.0.0 Ok (backend noop)\r\n");
+    assert_eq!(c.reply(), "554 5.5.1 Error: TLS already active\r\n");
+    assert_eq!(c.reply(), "250 2.1.0 Sender ok\r\n");
+    assert_eq!(c.reply(), "550 5.1.1 No such user\r\n");
+    assert_eq!(
+        c.reply(),
+        "500 5.5.2 Error: control character in command\r\n"
+    );
+    assert_eq!(c.reply(), "250 2.1.5 Recipient ok\r\n");
     c.expect("354");
     // Bare LF line ends are normalised: the backend sees CRLF only and the
     // message ends exactly where the proxy thinks it does.
@@ -138,5 +146,107 @@ fn bdat_chunks_pass_through() {
         m[0].ends_with(b"Subject: chunks\r\n\r\n.not stuffed in BDAT\r\nend\r\n"),
         "{:?}",
         String::from_utf8_lossy(&m[0])
+    );
+}
+
+#[test]
+fn bdat_chunks_are_opaque_bytes() {
+    let proxy = Proxy::start(ProxyConfig::sink());
+    let mut c = tls_session(&proxy);
+    c.cmd("EHLO client.test", "250");
+    c.cmd("MAIL FROM:<a@sender.test>", "250");
+    c.cmd("RCPT TO:<b@example.test>", "250");
+    // Content that looks like an end of DATA and like commands: inside a
+    // chunk it is data, byte for byte, and nothing answers it.
+    let chunk = b"x\r\n.\r\nSTARTTLS\r\nQUIT\r\n";
+    c.send_raw(format!("BDAT {} LAST\r\n", chunk.len()).as_bytes());
+    c.send_raw(chunk);
+    c.send("NOOP");
+    c.expect("250 2.0.0 Ok: queued as");
+    assert_eq!(
+        c.reply(),
+        "250 2.0.0 Ok\r\n",
+        "exactly one reply per command, the next is NOOP's"
+    );
+    let m = proxy.sink_messages();
+    assert!(
+        m[0].ends_with(chunk),
+        "{:?}",
+        String::from_utf8_lossy(&m[0])
+    );
+}
+
+#[test]
+fn control_characters_never_reach_the_backend() {
+    let b = FakeBackend::start(FakeBehaviour::Normal);
+    let proxy = Proxy::start(ProxyConfig::servers(&[b.addr]));
+    let mut c = tls_session(&proxy);
+    c.cmd("EHLO client.test", "250");
+    for line in [
+        &b"DATA\x0b\r\n"[..],
+        b"BDAT 5\x0cLAST\r\n",
+        b"MAIL FROM:<a\x00@b>\r\n",
+    ] {
+        c.send_raw(line);
+        assert_eq!(
+            c.reply(),
+            "500 5.5.2 Error: control character in command\r\n"
+        );
+    }
+    c.cmd("QUIT", "221");
+    assert_eq!(b.transcript(), "EHLO client.test\r\nQUIT\r\n");
+}
+
+#[test]
+fn client_xclient_is_refused_and_never_forwarded() {
+    let b = FakeBackend::start(FakeBehaviour::Normal);
+    let proxy = Proxy::start(ProxyConfig::servers(&[b.addr]));
+    // Before TLS: refused locally, no plaintext relay started.
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("220");
+    c.cmd("EHLO client.test", "250");
+    assert_eq!(
+        c.cmd("XCLIENT ADDR=192.0.2.7 LOGIN=postmaster", "550"),
+        "550 5.7.0 Error: insufficient authorization\r\n"
+    );
+    c.cmd("STARTTLS", "220");
+    let mut c = c
+        .start_tls(Some("mx1.example.test"), "mx1.example.test")
+        .unwrap();
+    c.cmd("EHLO client.test", "250");
+    assert_eq!(
+        c.cmd("XFORWARD ADDR=192.0.2.7", "550"),
+        "550 5.7.0 Error: insufficient authorization\r\n"
+    );
+    c.cmd("QUIT", "221");
+    assert!(!b.transcript().contains("192.0.2.7"), "{}", b.transcript());
+}
+
+#[test]
+fn no_auth_in_a_plaintext_relay_but_after_tls() {
+    let b = FakeBackend::start(FakeBehaviour::Normal);
+    let proxy = Proxy::start(ProxyConfig::servers(&[b.addr]));
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("220");
+    c.cmd("EHLO client.test", "250");
+    c.cmd("MAIL FROM:<a@sender.test>", "250 2.1.0");
+    c.cmd("RSET", "250");
+    let ehlo = c.cmd("EHLO client.test", "250");
+    assert!(
+        !ehlo.contains("AUTH") && !ehlo.contains("STARTTLS"),
+        "{ehlo}"
+    );
+    assert_eq!(
+        c.cmd("AUTH PLAIN AGEAYg==", "530"),
+        "530 5.7.0 Must issue a STARTTLS command first\r\n"
+    );
+    c.cmd("QUIT", "221");
+    assert!(!b.transcript().contains("AUTH"), "{}", b.transcript());
+
+    let mut c = tls_session(&proxy);
+    let ehlo = c.cmd("EHLO client.test", "250");
+    assert!(
+        ehlo.contains("250-AUTH PLAIN LOGIN"),
+        "after TLS the backend's AUTH is offered: {ehlo}"
     );
 }

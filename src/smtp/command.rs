@@ -17,9 +17,18 @@ pub enum Command {
     Data,
     /// `BDAT size [LAST]`; `None` when the arguments do not parse.
     Bdat(Option<Bdat>),
-    /// A transaction-level command: MAIL, RCPT, AUTH, VRFY, EXPN, ETRN,
-    /// BURL, XCLIENT… — relayed, or refused before TLS on a required listener.
+    /// A transaction-level command: MAIL, RCPT, VRFY, EXPN, ETRN, BURL —
+    /// relayed, or refused before TLS on a required listener.
     Transaction(Verb),
+    /// `AUTH`: never before TLS, whatever the listener (no credentials in
+    /// plaintext).
+    Auth,
+    /// `XCLIENT` / `XFORWARD`: only the proxy may tell the backend who the
+    /// client is; a client's own is refused, never forwarded.
+    Xclient,
+    /// A control character (other than HT) in the line: NUL, VT, FF, a bare
+    /// CR… The backend might split such a line differently from us.
+    BadCharacters,
     /// Missing verb or an unknown one.
     Unknown,
 }
@@ -35,7 +44,6 @@ pub struct Bdat {
 pub enum Verb {
     Mail,
     Rcpt,
-    Auth,
     Vrfy,
     Expn,
     Etrn,
@@ -48,8 +56,11 @@ const MAX_VERB: usize = 16;
 
 impl Command {
     pub fn parse(line: &[u8]) -> Command {
+        if line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Command::BadCharacters;
+        }
         let line = trim(line);
-        let (verb, args) = match line.iter().position(|&b| b == b' ') {
+        let (verb, args) = match line.iter().position(|&b| is_space(b)) {
             Some(i) => (&line[..i], trim(&line[i + 1..])),
             None => (line, &[][..]),
         };
@@ -75,32 +86,35 @@ impl Command {
             b"BDAT" => Command::Bdat(parse_bdat(args)),
             b"MAIL" => Command::Transaction(Verb::Mail),
             b"RCPT" => Command::Transaction(Verb::Rcpt),
-            b"AUTH" => Command::Transaction(Verb::Auth),
+            b"AUTH" => Command::Auth,
             b"VRFY" => Command::Transaction(Verb::Vrfy),
             b"EXPN" => Command::Transaction(Verb::Expn),
             b"ETRN" => Command::Transaction(Verb::Etrn),
             b"BURL" => Command::Transaction(Verb::Burl),
-            b"XCLIENT" | b"XFORWARD" => Command::Transaction(Verb::Other),
+            b"XCLIENT" | b"XFORWARD" => Command::Xclient,
             _ => Command::Unknown,
         }
     }
 }
 
+/// Separators between verb and arguments, as Postfix and Exim split them
+/// (other control characters never get this far: see `BadCharacters`).
+fn is_space(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
 fn trim(s: &[u8]) -> &[u8] {
-    let start = s
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(s.len());
+    let start = s.iter().position(|&b| !is_space(b)).unwrap_or(s.len());
     let end = s
         .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
+        .rposition(|&b| !is_space(b))
         .map_or(start, |i| i + 1);
     &s[start..end]
 }
 
 fn parse_bdat(args: &[u8]) -> Option<Bdat> {
     let args = std::str::from_utf8(args).ok()?;
-    let mut parts = args.split_ascii_whitespace();
+    let mut parts = args.split([' ', '\t']).filter(|p| !p.is_empty());
     let size_text = parts.next()?;
     if !size_text.bytes().all(|b| b.is_ascii_digit()) || size_text.len() > 18 {
         return None;
@@ -146,9 +160,45 @@ mod tests {
     fn unknown_and_garbage() {
         assert_eq!(Command::parse(b""), Command::Unknown);
         assert_eq!(Command::parse(b"FROB"), Command::Unknown);
-        assert_eq!(Command::parse(b"\x16\x03\x01\x02\x00"), Command::Unknown);
+        assert_eq!(
+            Command::parse(b"\x16\x03\x01\x02\x00"),
+            Command::BadCharacters
+        );
         assert_eq!(Command::parse(&[b'A'; 40]), Command::Unknown);
         assert_eq!(Command::parse("EHLÖ x".as_bytes()), Command::Unknown);
+    }
+
+    #[test]
+    fn tabs_separate_like_postfix_and_other_controls_are_refused() {
+        assert_eq!(Command::parse(b"DATA\t"), Command::Data);
+        assert_eq!(
+            Command::parse(b"BDAT\t6\tLAST"),
+            Command::Bdat(Some(Bdat {
+                size: 6,
+                last: true
+            }))
+        );
+        assert_eq!(
+            Command::parse(b"\tMAIL FROM:<a@b>"),
+            Command::Transaction(Verb::Mail)
+        );
+        for bad in [
+            &b"DATA\x0b"[..],
+            b"DATA\x0c",
+            b"DA\x00TA",
+            b"DATA\rQUIT",
+            b"NOOP\x7f",
+            b"BDAT 5\x0bLAST",
+        ] {
+            assert_eq!(Command::parse(bad), Command::BadCharacters, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn auth_and_xclient_are_their_own() {
+        assert_eq!(Command::parse(b"AUTH PLAIN AGEAYg=="), Command::Auth);
+        assert_eq!(Command::parse(b"xclient ADDR=192.0.2.1"), Command::Xclient);
+        assert_eq!(Command::parse(b"XFORWARD NAME=x"), Command::Xclient);
     }
 
     #[test]

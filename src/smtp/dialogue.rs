@@ -92,6 +92,9 @@ impl PreTlsDialogue {
             Command::Noop | Command::Rset => self.reply(reply::OK),
             Command::Help => self.reply(reply::HELP),
             Command::Quit => Action::Close(reply::BYE.render(&self.hostname)),
+            Command::Auth => self.error(reply::AUTH_NEEDS_TLS),
+            Command::Xclient => self.error(reply::XCLIENT_DENIED),
+            Command::BadCharacters => self.error(reply::BAD_CHARACTERS),
             Command::Data | Command::Bdat(_) | Command::Transaction(_) => match self.policy {
                 TlsPolicy::Required => self.error(reply::MUST_ISSUE_STARTTLS),
                 TlsPolicy::Opportunistic => Action::Relay {
@@ -175,6 +178,19 @@ mod tests {
             );
         }
         assert_eq!(cmd(&mut s, "STARTTLS"), Action::StartTls);
+    }
+
+    #[test]
+    fn auth_and_xclient_never_start_a_plaintext_relay() {
+        let mut s = d(TlsPolicy::Opportunistic);
+        assert_eq!(
+            reply_of(cmd(&mut s, "AUTH PLAIN AGEAYg==")),
+            "530 5.7.0 Must issue a STARTTLS command first\r\n"
+        );
+        assert_eq!(
+            reply_of(cmd(&mut s, "XCLIENT ADDR=192.0.2.7 LOGIN=postmaster")),
+            "550 5.7.0 Error: insufficient authorization\r\n"
+        );
     }
 
     #[test]

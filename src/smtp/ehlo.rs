@@ -28,13 +28,21 @@ pub fn multiline(code: u16, texts: &[String]) -> String {
     out
 }
 
-/// Extensions removed from the backend's EHLO reply: `STARTTLS` (the client
-/// is already in TLS, or the proxy does not relay it in plaintext).
-const REMOVED: &[&[u8]] = &[b"STARTTLS"];
+/// Extensions removed from the backend's EHLO reply: `STARTTLS` always (the
+/// client is already in TLS, or the proxy cannot start TLS in a plaintext
+/// relay); `AUTH` too when the client is not in TLS (no credentials in
+/// plaintext, DESIGN.md §2).
+const REMOVED_IN_TLS: &[&[u8]] = &[b"STARTTLS"];
+const REMOVED_IN_PLAINTEXT: &[&[u8]] = &[b"STARTTLS", b"AUTH"];
 
 /// The backend's EHLO reply without the removed extensions, continuation
 /// markers renumbered. Non-2xx replies pass unchanged.
-pub fn filter_backend_reply(reply: &BackendReply) -> Vec<u8> {
+pub fn filter_backend_reply(reply: &BackendReply, client_in_tls: bool) -> Vec<u8> {
+    let removed = if client_in_tls {
+        REMOVED_IN_TLS
+    } else {
+        REMOVED_IN_PLAINTEXT
+    };
     if reply.code != 250 {
         return reply.to_bytes();
     }
@@ -42,7 +50,7 @@ pub fn filter_backend_reply(reply: &BackendReply) -> Vec<u8> {
         .lines
         .iter()
         .enumerate()
-        .filter(|(i, l)| *i == 0 || !is_removed(l))
+        .filter(|(i, l)| *i == 0 || !is_removed(l, removed))
         .map(|(_, l)| l)
         .collect();
     let mut out = Vec::with_capacity(reply.lines.iter().map(Vec::len).sum());
@@ -64,14 +72,14 @@ pub fn filter_backend_reply(reply: &BackendReply) -> Vec<u8> {
     out
 }
 
-fn is_removed(line: &[u8]) -> bool {
+fn is_removed(line: &[u8], removed: &[&[u8]]) -> bool {
     let keyword = line
         .get(4..)
         .unwrap_or_default()
-        .split(|b| *b == b' ' || *b == b'\r')
+        .split(|b| *b == b' ' || *b == b'=' || *b == b'\r')
         .next()
         .unwrap_or_default();
-    REMOVED.iter().any(|r| keyword.eq_ignore_ascii_case(r))
+    removed.iter().any(|r| keyword.eq_ignore_ascii_case(r))
 }
 
 #[cfg(test)]
@@ -90,20 +98,33 @@ mod tests {
     fn starttls_removed_markers_fixed() {
         let r = reply("250-backend.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250 STARTTLS\r\n");
         assert_eq!(
-            String::from_utf8(filter_backend_reply(&r)).unwrap(),
+            String::from_utf8(filter_backend_reply(&r, true)).unwrap(),
             "250-backend.test\r\n250-PIPELINING\r\n250 SIZE 1000\r\n"
         );
         let r = reply("250-backend.test\r\n250-starttls\r\n250 8BITMIME\r\n");
         assert_eq!(
-            String::from_utf8(filter_backend_reply(&r)).unwrap(),
+            String::from_utf8(filter_backend_reply(&r, true)).unwrap(),
             "250-backend.test\r\n250 8BITMIME\r\n"
+        );
+    }
+
+    #[test]
+    fn auth_removed_in_plaintext_only() {
+        let r = reply("250-b.test\r\n250-AUTH PLAIN LOGIN\r\n250-AUTH=PLAIN\r\n250 STARTTLS\r\n");
+        assert_eq!(
+            String::from_utf8(filter_backend_reply(&r, false)).unwrap(),
+            "250 b.test\r\n"
+        );
+        assert_eq!(
+            String::from_utf8(filter_backend_reply(&r, true)).unwrap(),
+            "250-b.test\r\n250-AUTH PLAIN LOGIN\r\n250 AUTH=PLAIN\r\n"
         );
     }
 
     #[test]
     fn similar_names_are_kept() {
         let r = reply("250-b.test\r\n250-STARTTLSX\r\n250 AUTH PLAIN\r\n");
-        assert_eq!(filter_backend_reply(&r), r.to_bytes());
+        assert_eq!(filter_backend_reply(&r, true), r.to_bytes());
     }
 
     #[test]

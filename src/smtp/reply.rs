@@ -23,6 +23,9 @@ pub const TOO_MANY_ERRORS: Reply = Reply("421 4.7.0 {host} Error: too many error
 pub const TLS_ALREADY_ACTIVE: Reply = Reply("554 5.5.1 Error: TLS already active");
 pub const STARTTLS_NOT_NOW: Reply =
     Reply("554 5.5.1 Error: STARTTLS is not possible once a plaintext transaction has begun");
+pub const BAD_CHARACTERS: Reply = Reply("500 5.5.2 Error: control character in command");
+pub const XCLIENT_DENIED: Reply = Reply("550 5.7.0 Error: insufficient authorization");
+pub const AUTH_NEEDS_TLS: Reply = Reply("530 5.7.0 Must issue a STARTTLS command first");
 pub const BDAT_SYNTAX: Reply = Reply("501 5.5.4 Syntax: BDAT size [LAST]");
 pub const TIMEOUT: Reply = Reply("421 4.4.2 {host} Error: timeout exceeded");
 pub const TOO_MANY_CONNECTIONS: Reply = Reply("421 4.7.0 {host} Error: too many connections");

@@ -582,7 +582,15 @@ fn fake_session(mut conn: TcpStream, behaviour: FakeBehaviour, rec: Arc<Mutex<Ve
         }
         let upper = String::from_utf8_lossy(&line).to_ascii_uppercase();
         let reply: &[u8] = if upper.starts_with("EHLO") {
-            b"250-fake.backend.test\r\n250-PIPELINING\r\n250-STARTTLS\r\n250 8BITMIME\r\n"
+            b"250-fake.backend.test\r\n250-PIPELINING\r\n250-STARTTLS\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n"
+        } else if upper.starts_with("MAIL") {
+            b"250 2.1.0 Sender ok\r\n"
+        } else if upper.starts_with("RCPT") && upper.contains("REJECT") {
+            b"550 5.1.1 No such user\r\n"
+        } else if upper.starts_with("RCPT") {
+            b"250 2.1.5 Recipient ok\r\n"
+        } else if upper.starts_with("NOOP") {
+            b"250 2.0.0 Ok (backend noop)\r\n"
         } else if upper.starts_with("DATA") {
             if matches!(behaviour, FakeBehaviour::DropInData) {
                 let _ = conn.write_all(b"354 go ahead\r\n");
