@@ -238,7 +238,7 @@ fn commands_pipelined_after_starttls_are_discarded() {
         !ehlo.contains("STARTTLS"),
         "STARTTLS must be removed after TLS: {ehlo}"
     );
-    assert_eq!(c.cmd("NOOP", "250"), "250 2.0.0 Ok\r\n");
+    assert_eq!(c.cmd("NOOP", "250"), "250 2.0.0 Ok (backend noop)\r\n");
     c.cmd("QUIT", "221");
     let t = backend.transcript();
     assert!(
