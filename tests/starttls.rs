@@ -310,3 +310,22 @@ fn smtplib_message_is_stored_byte_for_byte() {
         "stored content differs from what was sent"
     );
 }
+
+#[test]
+fn tls12_client_with_only_rsa_suites_gets_the_rsa_certificate() {
+    // It lists ECDSA signature schemes (OpenSSL's default) but only ECDHE-RSA
+    // cipher suites: only the RSA certificate can complete this handshake.
+    let proxy = Proxy::start(ProxyConfig::sink());
+    let out = strict(
+        &proxy,
+        Some("mx1.example.test"),
+        "mx1.example.test",
+        &[
+            "-tls1_2",
+            "-cipher",
+            "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384",
+        ],
+    );
+    assert!(out.contains("Peer signature type: RSA"), "{out}");
+    assert_eq!(proxy.wait_log("tls handshake", 1)["certificate"], "mx1");
+}

@@ -3,7 +3,7 @@
 //! one store snapshot, finish the handshake — all under one deadline.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use super::store::{CertStore, SniMatch};
+use super::store::{CertStore, Selection, SniMatch};
 use crate::config::MinVersion;
 
 /// What one successful handshake was, for the log line and metrics.
@@ -119,13 +119,25 @@ impl ResolvesServerCert for NoCertificate {
     }
 }
 
-/// Serves the certificate already chosen from the store for this handshake.
+/// Chooses this handshake's certificate from one store snapshot and keeps
+/// the decision for the log line. rustls calls it with the signature
+/// schemes already narrowed to what the negotiated version and cipher suite
+/// allow (a TLS 1.2 client offering only ECDHE-RSA suites must get RSA even
+/// if it lists ECDSA schemes), which the early ClientHello does not do.
 #[derive(Debug)]
-struct Chosen(Arc<CertifiedKey>);
+struct ChooseOnce {
+    store: Arc<CertStore>,
+    chosen: OnceLock<Selection>,
+}
 
-impl ResolvesServerCert for Chosen {
-    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
+impl ResolvesServerCert for ChooseOnce {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let selection = self
+            .store
+            .select(hello.server_name(), hello.signature_schemes());
+        let key = selection.cert.key.clone();
+        let _ = self.chosen.set(selection);
+        Some(key)
     }
 }
 
@@ -178,15 +190,16 @@ impl TlsTerminator {
                 .map_err(|_| HandshakeError::Timeout(timeout))?
                 .map_err(HandshakeError::from_io)?;
 
-        let hello = start.client_hello();
-        let sni = hello.server_name().map(str::to_ascii_lowercase);
-        let selection = self
-            .store
-            .load()
-            .select(sni.as_deref(), hello.signature_schemes());
-
+        let sni = start
+            .client_hello()
+            .server_name()
+            .map(str::to_ascii_lowercase);
+        let chooser = Arc::new(ChooseOnce {
+            store: self.store.load_full(),
+            chosen: OnceLock::new(),
+        });
         let mut config = (*self.base).clone();
-        config.cert_resolver = Arc::new(Chosen(selection.cert.key.clone()));
+        config.cert_resolver = chooser.clone();
         let stream = tokio::time::timeout_at(deadline, start.into_stream(Arc::new(config)))
             .await
             .map_err(|_| HandshakeError::Timeout(timeout))?
@@ -202,10 +215,19 @@ impl TlsTerminator {
             .negotiated_cipher_suite()
             .and_then(|s| s.suite().as_str())
             .unwrap_or("unknown");
+        let (sni_match, certificate) = match chooser.chosen.get() {
+            Some(s) => (s.sni, s.cert.name.clone()),
+            // Resumption (tickets on) asks no resolver: classify the SNI the
+            // same way; the certificate is the one of the earlier session.
+            None => (
+                chooser.store.select(sni.as_deref(), &[]).sni,
+                "resumed".to_string(),
+            ),
+        };
         let info = HandshakeInfo {
             sni,
-            sni_match: selection.sni,
-            certificate: selection.cert.name.clone(),
+            sni_match,
+            certificate,
             version,
             cipher,
             duration: started.elapsed(),
