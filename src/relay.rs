@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -37,6 +38,8 @@ pub struct RelaySettings {
     pub session_deadline: Instant,
     /// The client is in TLS (a second STARTTLS gets 554).
     pub tls: bool,
+    /// After shutdown begins, how long a transaction may still finish.
+    pub shutdown_grace: Duration,
 }
 
 /// How a relayed session ended.
@@ -54,6 +57,8 @@ pub enum RelayEnd {
     Timeout,
     /// The client's connection failed.
     ClientError,
+    /// The proxy is stopping: the client got 421.
+    Shutdown,
 }
 
 impl RelayEnd {
@@ -65,6 +70,7 @@ impl RelayEnd {
             Self::BackendClosed => "backend_closed",
             Self::Timeout => "timeout",
             Self::ClientError => "client_error",
+            Self::Shutdown => "shutdown",
         }
     }
 }
@@ -112,16 +118,25 @@ enum Mode {
 /// Upper bound on commands in flight; the client is not read past it.
 const MAX_IN_FLIGHT: usize = 128;
 const READ_BUF: usize = 16 * 1024;
+/// RFC 5321 §4.5.3.2.6: a server may take 10 minutes to answer the end of
+/// the content (filters, milters). Giving up earlier could leave the backend
+/// to queue a message the sender then sends again.
+const MESSAGE_END_TIMEOUT: Duration = Duration::from_secs(600);
+/// Bound on the last writes of a session (closing reply, TLS close_notify).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Relays until either side ends. `client_input` is what the client sent
 /// that is already read (plaintext relay: the command that started it);
 /// `replay_helo` is sent to the backend first and its reply swallowed.
+/// When `shutdown` turns true the session ends at the next command
+/// boundary with `421`, or when `settings.shutdown_grace` is over.
 pub async fn relay<C>(
     client: C,
     client_input: Vec<u8>,
     replay_helo: Option<Vec<u8>>,
     backend: BackendConn,
     settings: &RelaySettings,
+    mut shutdown: watch::Receiver<bool>,
 ) -> RelayStats
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -142,6 +157,7 @@ where
         to_client: Vec::with_capacity(1024),
         server: backend.server,
         progress: 0,
+        replies: 0,
     };
     r.codec.push(&client_input);
     if let Some(mut helo) = replay_helo {
@@ -151,9 +167,11 @@ where
     }
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut br, mut bw) = tokio::io::split(backend.io);
-    let end = r.run(&mut cr, &mut cw, &mut br, &mut bw).await;
-    let _ = bw.shutdown().await;
-    let _ = cw.shutdown().await;
+    let end = r
+        .run(&mut cr, &mut cw, &mut br, &mut bw, &mut shutdown)
+        .await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, bw.shutdown()).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, cw.shutdown()).await;
     r.stats.end = end;
     r.stats
 }
@@ -170,6 +188,8 @@ struct Relay<'a> {
     server: String,
     /// Counts command lines and content pieces taken from the client.
     progress: u64,
+    /// Counts backend replies handled.
+    replies: u64,
 }
 
 /// A step's verdict: go on, or end the session this way.
@@ -182,6 +202,7 @@ impl Relay<'_> {
         cw: &mut CW,
         br: &mut BR,
         bw: &mut BW,
+        shutdown: &mut watch::Receiver<bool>,
     ) -> RelayEnd
     where
         CR: AsyncRead + Unpin,
@@ -191,35 +212,73 @@ impl Relay<'_> {
     {
         let mut cbuf = vec![0u8; READ_BUF];
         let mut bbuf = vec![0u8; READ_BUF];
-        let mut idle_deadline = Instant::now() + self.settings.command_timeout;
+        // The idle clock restarts on progress (a command line, a piece of
+        // content, a backend reply), not on any byte: dribbling half a
+        // line is idle.
+        let mut last_activity = Instant::now();
+        let mut client_eof = false;
+        // Set when shutdown begins: the session ends at the next command
+        // boundary, and at this instant whatever it is doing.
+        let mut drain_deadline: Option<Instant> = None;
         loop {
-            // Work through everything already received, in order. The
-            // idle clock restarts on progress (a command line, or message
-            // content), not on any byte: dribbling half a line is idle.
-            let progress = self.progress;
-            let step = self.client_input();
-            if self.progress != progress {
-                idle_deadline = Instant::now() + self.settings.command_timeout;
-            }
-            if let Err(end) = self.flush(cw, bw).await {
-                return end;
-            }
-            if let Err(end) = step {
-                return end;
-            }
-            let step = self.backend_input();
-            if let Err(end) = self.flush(cw, bw).await {
-                return end;
-            }
-            if let Err(end) = step {
-                return end;
+            // Work through everything already received until nothing moves:
+            // a backend reply can unblock buffered client input (354, or
+            // the reply to a replayed EHLO) and the other way round.
+            loop {
+                let before = (self.progress, self.replies);
+                let step = self.client_input();
+                if self.progress != before.0 {
+                    last_activity = Instant::now();
+                }
+                if let Err(end) = self.flush(cw, bw).await {
+                    return end;
+                }
+                if let Err(end) = step {
+                    return end;
+                }
+                let step = self.backend_input();
+                if let Err(end) = self.flush(cw, bw).await {
+                    return end;
+                }
+                if let Err(end) = step {
+                    return end;
+                }
+                if (self.progress, self.replies) == before {
+                    break;
+                }
             }
 
-            let read_client =
-                !matches!(self.mode, Mode::AwaitDataGo) && self.in_flight.len() < MAX_IN_FLIGHT;
+            let at_boundary = self.in_flight.is_empty() && matches!(self.mode, Mode::Command);
+            if at_boundary && client_eof {
+                return RelayEnd::ClientClosed;
+            }
+            if drain_deadline.is_none() && *shutdown.borrow() {
+                drain_deadline = Some(Instant::now() + self.settings.shutdown_grace);
+            }
+            if drain_deadline.is_some() && at_boundary {
+                return self
+                    .fail(cw, reply::SHUTTING_DOWN, RelayEnd::Shutdown)
+                    .await;
+            }
+
+            let idle_limit = match self.in_flight.front() {
+                Some(Expect::MessageEnd) if self.client_owes_nothing() => {
+                    self.settings.command_timeout.max(MESSAGE_END_TIMEOUT)
+                }
+                _ => self.settings.command_timeout,
+            };
+            let idle_deadline = last_activity + idle_limit;
+            let read_client = !client_eof
+                && !matches!(self.mode, Mode::AwaitDataGo)
+                && !self.awaiting_replay()
+                && self.in_flight.len() < MAX_IN_FLIGHT;
+            let far = self.settings.session_deadline;
             tokio::select! {
                 res = cr.read(&mut cbuf), if read_client => match res {
-                    Ok(0) => return RelayEnd::ClientClosed,
+                    // The client may half-close after pipelining its last
+                    // commands: their replies are still owed to it.
+                    Ok(0) if self.in_flight.is_empty() => return RelayEnd::ClientClosed,
+                    Ok(0) => client_eof = true,
                     Ok(n) => self.codec.push(&cbuf[..n]),
                     Err(e) => {
                         debug!(error = %e, "client read failed");
@@ -233,7 +292,7 @@ impl Relay<'_> {
                     }
                     Ok(n) => {
                         self.parser.push(&bbuf[..n]);
-                        idle_deadline = Instant::now() + self.settings.command_timeout;
+                        last_activity = Instant::now();
                     }
                     Err(e) => {
                         warn!(server = %self.server, error = %e, "backend read failed");
@@ -241,18 +300,31 @@ impl Relay<'_> {
                     }
                 },
                 () = tokio::time::sleep_until(idle_deadline) => {
-                    if self.in_flight.is_empty() {
+                    if self.in_flight.is_empty() || !self.client_owes_nothing() {
                         debug!("client idle past the command timeout");
                         return self.fail(cw, reply::TIMEOUT, RelayEnd::Timeout).await;
                     }
-                    warn!(server = %self.server, "backend did not answer within the command timeout");
+                    warn!(server = %self.server, timeout = ?idle_limit, "backend did not answer in time");
                     return self.fail(cw, reply::BACKEND_LOST, RelayEnd::BackendLost).await;
                 }
                 () = tokio::time::sleep_until(self.settings.session_deadline) => {
                     return self.fail(cw, reply::TIMEOUT, RelayEnd::Timeout).await;
                 }
+                () = tokio::time::sleep_until(drain_deadline.unwrap_or(far)), if drain_deadline.is_some() => {
+                    return self.fail(cw, reply::SHUTTING_DOWN, RelayEnd::Shutdown).await;
+                }
+                _ = shutdown.changed(), if drain_deadline.is_none() => {}
             }
         }
+    }
+
+    fn awaiting_replay(&self) -> bool {
+        matches!(self.in_flight.front(), Some(Expect::Replayed))
+    }
+
+    /// The client is not in the middle of sending content.
+    fn client_owes_nothing(&self) -> bool {
+        !matches!(self.mode, Mode::Data(_) | Mode::Bdat { .. })
     }
 
     /// Sends a final 421 (or other closing reply) to the client.
@@ -263,39 +335,51 @@ impl Relay<'_> {
         end: RelayEnd,
     ) -> RelayEnd {
         let text = r.render(&self.settings.hostname);
-        let _ = cw.write_all(text.as_bytes()).await;
-        let _ = cw.flush().await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, write_client(cw, text.as_bytes())).await;
         end
     }
 
-    /// Writes what is queued for each side.
+    /// Writes what is queued for each side, each write bounded by the
+    /// command timeout: a peer that stops reading cannot hold the session.
     async fn flush<CW: AsyncWrite + Unpin, BW: AsyncWrite + Unpin>(
         &mut self,
         cw: &mut CW,
         bw: &mut BW,
     ) -> Step {
+        let limit = self.settings.command_timeout;
         if !self.to_backend.is_empty() {
-            let res = async {
+            let res = tokio::time::timeout(limit, async {
                 bw.write_all(&self.to_backend).await?;
                 bw.flush().await
-            }
+            })
             .await;
-            if let Err(e) = res {
-                warn!(server = %self.server, error = %e, "backend write failed");
+            let failure = match res {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!("not accepting data for {limit:?}")),
+            };
+            if let Some(error) = failure {
+                warn!(server = %self.server, %error, "backend write failed");
                 self.to_client.extend_from_slice(
                     reply::BACKEND_LOST
                         .render(&self.settings.hostname)
                         .as_bytes(),
                 );
-                let _ = write_client(cw, &self.to_client).await;
+                let _ =
+                    tokio::time::timeout(CLOSE_TIMEOUT, write_client(cw, &self.to_client)).await;
                 return Err(RelayEnd::BackendLost);
             }
             self.stats.bytes_in += self.to_backend.len() as u64;
             self.to_backend.clear();
         }
         if !self.to_client.is_empty() {
-            if write_client(cw, &self.to_client).await.is_err() {
-                return Err(RelayEnd::ClientError);
+            match tokio::time::timeout(limit, write_client(cw, &self.to_client)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(RelayEnd::ClientError),
+                Err(_) => {
+                    debug!("client stopped reading");
+                    return Err(RelayEnd::Timeout);
+                }
             }
             self.stats.bytes_out += self.to_client.len() as u64;
             self.to_client.clear();
@@ -324,6 +408,9 @@ impl Relay<'_> {
                 }
                 Mode::Bdat { remaining } => {
                     let buf = self.codec.buffer();
+                    if *remaining > 0 && buf.is_empty() {
+                        return Ok(());
+                    }
                     let n = (*remaining).min(buf.len() as u64) as usize;
                     self.to_backend.extend_from_slice(&buf[..n]);
                     self.codec.consume(n);
@@ -335,7 +422,9 @@ impl Relay<'_> {
                     self.mode = Mode::Command;
                 }
                 Mode::Command => {
-                    if self.in_flight.len() >= MAX_IN_FLIGHT {
+                    // Nothing goes to the backend before it accepted the
+                    // replayed HELO/EHLO, nor past the in-flight bound.
+                    if self.awaiting_replay() || self.in_flight.len() >= MAX_IN_FLIGHT {
                         return Ok(());
                     }
                     let Some(line) = self.codec.next_line() else {
@@ -421,13 +510,23 @@ impl Relay<'_> {
     }
 
     fn on_reply(&mut self, reply: BackendReply) -> Step {
+        self.replies += 1;
         let expect = self.in_flight.pop_front();
         match expect {
             Some(Expect::Replayed) => {
-                if !reply.is_positive() {
-                    warn!(server = %self.server, reply = %reply.first_line_text(), "backend refused the replayed HELO/EHLO");
+                if reply.is_positive() {
+                    return Ok(());
                 }
-                return Ok(());
+                // The client was told its EHLO was fine; going on would earn
+                // it the backend's "503 send HELO/EHLO first", a 5xx the
+                // proxy caused. A 4xx makes the sender retry instead.
+                warn!(server = %self.server, reply = %reply.first_line_text(), "backend refused the replayed HELO/EHLO");
+                self.to_client.extend_from_slice(
+                    reply::BACKEND_UNAVAILABLE
+                        .render(&self.settings.hostname)
+                        .as_bytes(),
+                );
+                return Err(RelayEnd::BackendLost);
             }
             Some(Expect::Ehlo) => {
                 self.to_client
@@ -451,10 +550,22 @@ impl Relay<'_> {
                 self.to_client.extend_from_slice(&reply.to_bytes());
                 return Err(RelayEnd::Quit);
             }
-            Some(Expect::Other) | None => {
-                if expect.is_none() {
-                    debug!(server = %self.server, reply = %reply.first_line_text(), "unsolicited backend reply");
-                }
+            None if reply.code == 421 => {
+                // A backend closing on its own (idle timeout, shutdown).
+                self.to_client.extend_from_slice(&reply.to_bytes());
+            }
+            None => {
+                // A reply to nothing: passing it on would answer the
+                // client's next command with it.
+                warn!(server = %self.server, reply = %reply.first_line_text(), "unsolicited backend reply");
+                self.to_client.extend_from_slice(
+                    reply::BACKEND_PROTOCOL
+                        .render(&self.settings.hostname)
+                        .as_bytes(),
+                );
+                return Err(RelayEnd::BackendLost);
+            }
+            Some(Expect::Other) => {
                 self.to_client.extend_from_slice(&reply.to_bytes());
             }
             Some(Expect::Local(_)) => {

@@ -76,6 +76,7 @@ pub async fn run(
                     None,
                     SessionTls::Implicit,
                     session_deadline,
+                    shutdown,
                 )
                 .await;
             }
@@ -94,7 +95,7 @@ async fn pre_tls(
     let host = ctx.hostname.as_str();
     let mut dialogue = PreTlsDialogue::new(host, ctx.tls_policy, ctx.limits.max_errors);
     let mut codec = LineCodec::new(ctx.limits.line_length);
-    if write(&mut tcp, dialogue.greeting().as_bytes())
+    if write(ctx, &mut tcp, dialogue.greeting().as_bytes())
         .await
         .is_err()
     {
@@ -109,12 +110,12 @@ async fn pre_tls(
             idle_deadline = Instant::now() + ctx.timeouts.command;
             match dialogue.on_line(line) {
                 Action::Reply(r) => {
-                    if write(&mut tcp, r.as_bytes()).await.is_err() {
+                    if write(ctx, &mut tcp, r.as_bytes()).await.is_err() {
                         return;
                     }
                 }
                 Action::Close(r) => {
-                    let _ = write(&mut tcp, r.as_bytes()).await;
+                    let _ = write(ctx, &mut tcp, r.as_bytes()).await;
                     log_plain_end(
                         peer,
                         &dialogue,
@@ -127,9 +128,13 @@ async fn pre_tls(
                     return;
                 }
                 Action::StartTls => {
-                    if write(&mut tcp, reply::READY_TO_START_TLS.render(host).as_bytes())
-                        .await
-                        .is_err()
+                    if write(
+                        ctx,
+                        &mut tcp,
+                        reply::READY_TO_START_TLS.render(host).as_bytes(),
+                    )
+                    .await
+                    .is_err()
                     {
                         return;
                     }
@@ -150,6 +155,7 @@ async fn pre_tls(
                             helo,
                             SessionTls::Starttls,
                             session_deadline,
+                            shutdown.clone(),
                         )
                         .await;
                     }
@@ -169,6 +175,7 @@ async fn pre_tls(
                         helo_name,
                         SessionTls::None,
                         session_deadline,
+                        shutdown.clone(),
                     )
                     .await;
                     return;
@@ -179,7 +186,7 @@ async fn pre_tls(
         tokio::select! {
             res = tokio::time::timeout_at(deadline, tcp.read(&mut buf)) => match res {
                 Err(_) => {
-                    let _ = write(&mut tcp, reply::TIMEOUT.render(host).as_bytes()).await;
+                    let _ = write(ctx, &mut tcp, reply::TIMEOUT.render(host).as_bytes()).await;
                     log_plain_end(peer, &dialogue, "timeout");
                     return;
                 }
@@ -199,7 +206,7 @@ async fn pre_tls(
                 }
             },
             _ = shutdown.changed() => {
-                let _ = write(&mut tcp, reply::SHUTTING_DOWN.render(host).as_bytes()).await;
+                let _ = write(ctx, &mut tcp, reply::SHUTTING_DOWN.render(host).as_bytes()).await;
                 log_plain_end(peer, &dialogue, "shutdown");
                 return;
             }
@@ -256,6 +263,7 @@ async fn post_tls<IO>(
     helo: Option<String>,
     tls: SessionTls,
     session_deadline: Instant,
+    shutdown: watch::Receiver<bool>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -268,6 +276,7 @@ async fn post_tls<IO>(
         helo,
         tls,
         session_deadline,
+        shutdown,
     )
     .await;
 }
@@ -282,6 +291,7 @@ async fn relay_to_backend<C>(
     helo_name: Option<String>,
     tls: SessionTls,
     session_deadline: Instant,
+    shutdown: watch::Receiver<bool>,
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
 {
@@ -291,6 +301,7 @@ async fn relay_to_backend<C>(
         Err(e) => {
             warn!(%peer, backend = %ctx.backend.name, error = %e, "no backend server available");
             let _ = write(
+                ctx,
                 &mut client,
                 reply::BACKEND_UNAVAILABLE.render(&ctx.hostname).as_bytes(),
             )
@@ -303,6 +314,7 @@ async fn relay_to_backend<C>(
     // the backend is known to be there (else the 421 above greets).
     if tls == SessionTls::Implicit
         && write(
+            ctx,
             &mut client,
             reply::GREETING.render(&ctx.hostname).as_bytes(),
         )
@@ -318,8 +330,9 @@ async fn relay_to_backend<C>(
         command_timeout: ctx.timeouts.command,
         session_deadline,
         tls: tls != SessionTls::None,
+        shutdown_grace: ctx.timeouts.shutdown_grace,
     };
-    let stats: RelayStats = relay(client, input, replay_helo, backend, &settings).await;
+    let stats: RelayStats = relay(client, input, replay_helo, backend, &settings, shutdown).await;
     info!(
         %peer,
         helo = helo_name.map(sanitize).as_deref().unwrap_or("none"),
@@ -335,9 +348,24 @@ async fn relay_to_backend<C>(
     );
 }
 
-async fn write<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> std::io::Result<()> {
-    w.write_all(data).await?;
-    w.flush().await
+/// Writes to the client, bounded by the command timeout: a client that
+/// stops reading cannot hold its connection slot.
+async fn write<W: AsyncWrite + Unpin>(
+    ctx: &ListenerContext,
+    w: &mut W,
+    data: &[u8],
+) -> std::io::Result<()> {
+    let io = async {
+        w.write_all(data).await?;
+        w.flush().await
+    };
+    match tokio::time::timeout(ctx.timeouts.command, io).await {
+        Ok(res) => res,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "client not reading",
+        )),
+    }
 }
 
 fn duration_ms(d: Duration) -> u64 {

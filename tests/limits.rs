@@ -135,3 +135,88 @@ fn sighup_does_not_stop_the_proxy() {
     let mut c = Smtp::connect(proxy.addr());
     c.expect("220");
 }
+
+#[test]
+fn a_client_that_never_reads_cannot_hold_its_slot() {
+    let proxy = Proxy::start(
+        ProxyConfig::sink()
+            .append("\n[limits]\nmax_connections_per_ip = 1\n[timeouts]\ncommand = \"1s\"\n"),
+    );
+    let addr = proxy.addr();
+    let mut stuck = Smtp::connect(addr);
+    stuck.expect("220");
+    let mut tcp = stuck.into_tcp();
+    // Pipelines megabytes of NOOPs and never reads a reply: the proxy's
+    // replies fill the socket buffers and its writes block.
+    let writer = std::thread::spawn(move || {
+        tcp.set_write_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        let burst = b"NOOP\r\n".repeat(64 * 1024);
+        for _ in 0..16 {
+            if tcp.write_all(&burst).is_err() {
+                break;
+            }
+        }
+        tcp
+    });
+    // The slot is taken while it lasts...
+    let mut c = Smtp::connect(addr);
+    assert!(c.reply().starts_with("421 4.7.0"));
+    // ...and freed once a write to it has been blocked for the command timeout.
+    wait_for("the slot to be freed", TIMEOUT, || {
+        let mut c = Smtp::connect(addr);
+        c.reply().starts_with("220").then_some(())
+    });
+    drop(writer.join());
+}
+
+#[test]
+fn sigterm_lets_a_tls_transaction_finish_then_says_421() {
+    let mut proxy =
+        Proxy::start(ProxyConfig::sink().append("\n[timeouts]\nshutdown_grace = \"10s\"\n"));
+    let mut idle = Smtp::connect(proxy.addr());
+    idle.expect("220");
+    idle.cmd("STARTTLS", "220");
+    let mut idle = idle
+        .start_tls(Some("mx1.example.test"), "mx1.example.test")
+        .unwrap();
+    idle.cmd("EHLO idle.client.test", "250");
+
+    let mut busy = Smtp::connect(proxy.addr());
+    busy.expect("220");
+    busy.cmd("STARTTLS", "220");
+    let mut busy = busy
+        .start_tls(Some("mx1.example.test"), "mx1.example.test")
+        .unwrap();
+    busy.cmd("EHLO busy.client.test", "250");
+    busy.cmd("MAIL FROM:<a@sender.test>", "250");
+    busy.cmd("RCPT TO:<b@example.test>", "250");
+    busy.cmd("DATA", "354");
+    busy.send_raw(b"Subject: in flight at shutdown\r\n\r\n");
+
+    let start = Instant::now();
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &proxy.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // The idle session is told at once.
+    assert_eq!(
+        idle.reply(),
+        "421 4.3.2 mx1.example.test Service shutting down, try again later\r\n"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    // The busy one finishes its message (the backend's own 250), then 421.
+    busy.send_raw(b"body\r\n.\r\n");
+    busy.expect("250 2.0.0 Ok: queued as");
+    assert_eq!(
+        busy.reply(),
+        "421 4.3.2 mx1.example.test Service shutting down, try again later\r\n"
+    );
+    assert_eq!(proxy.sink_messages().len(), 1);
+    wait_for("proxy exit", TIMEOUT, || (!proxy.alive()).then_some(()));
+}

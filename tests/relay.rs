@@ -250,3 +250,41 @@ fn no_auth_in_a_plaintext_relay_but_after_tls() {
         "after TLS the backend's AUTH is offered: {ehlo}"
     );
 }
+
+#[test]
+fn backend_refusing_the_replayed_ehlo_gives_421_not_its_5xx() {
+    let b = FakeBackend::start(FakeBehaviour::RefuseEhlo);
+    let proxy = Proxy::start(ProxyConfig::servers(&[b.addr]));
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("220");
+    c.cmd("EHLO client.test", "250");
+    c.send("MAIL FROM:<a@sender.test>");
+    let r = c.reply();
+    assert!(r.starts_with("421 4.4.1"), "{r}");
+    assert!(!b.transcript().contains("MAIL"), "{}", b.transcript());
+}
+
+#[test]
+fn a_reply_to_nothing_closes_with_421_instead_of_answering_the_next_command() {
+    let b = FakeBackend::start(FakeBehaviour::DoubleEhlo);
+    let proxy = Proxy::start(ProxyConfig::servers(&[b.addr]));
+    let mut c = tls_session(&proxy);
+    c.send("EHLO client.test");
+    assert_eq!(c.reply(), "250 fake.backend.test\r\n");
+    let r = c.reply();
+    assert!(r.starts_with("421 4.5.0"), "{r}");
+}
+
+#[test]
+fn replies_still_reach_a_client_that_half_closed() {
+    let b = FakeBackend::start(FakeBehaviour::Normal);
+    let proxy = Proxy::start(ProxyConfig::servers(&[b.addr]));
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("220");
+    c.cmd("EHLO client.test", "250");
+    c.send_raw(b"MAIL FROM:<a@sender.test>\r\nRCPT TO:<b@example.test>\r\nQUIT\r\n");
+    c.shutdown_write();
+    assert_eq!(c.reply(), "250 2.1.0 Sender ok\r\n");
+    assert_eq!(c.reply(), "250 2.1.5 Recipient ok\r\n");
+    assert_eq!(c.reply(), "221 2.0.0 Bye\r\n");
+}

@@ -130,7 +130,10 @@ async fn run(config: Config) -> ExitCode {
     for t in tasks {
         let _ = t.await;
     }
-    if tokio::time::timeout(config.timeouts.shutdown_grace, table.drained())
+    // Sessions end at their next command boundary, or at the end of the
+    // grace with a 421; the margin lets those last replies go out.
+    let margin = std::time::Duration::from_secs(2);
+    if tokio::time::timeout(config.timeouts.shutdown_grace + margin, table.drained())
         .await
         .is_err()
     {

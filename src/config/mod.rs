@@ -116,6 +116,9 @@ pub struct ReloadConfig {
     pub poll_interval: Duration,
 }
 
+/// TLS 1.3 tickets sent per handshake; clients use one, a few cover retries.
+const MAX_SESSION_TICKETS: u32 = 16;
+
 /// Smallest line limit that still holds any RFC 5321 command (512 octets).
 const MIN_LINE_LENGTH: u32 = 512;
 
@@ -480,7 +483,18 @@ impl Checker<'_> {
         };
         Some(TlsConfig {
             min_version: t.min_version,
-            session_tickets: t.session_tickets,
+            session_tickets: match &t.session_tickets {
+                Some(n) if *n.get_ref() > MAX_SESSION_TICKETS => {
+                    self.error(
+                        n,
+                        "tls.session_tickets",
+                        format!("at most {MAX_SESSION_TICKETS} tickets per handshake"),
+                    );
+                    return None;
+                }
+                Some(n) => *n.get_ref(),
+                None => 0,
+            },
             default_certificate,
             trust_anchors: t.trust_anchors.as_ref().map(|p| p.get_ref().clone()),
         })

@@ -100,8 +100,7 @@ impl TlsPolicy {
 pub struct RawTls {
     #[serde(default)]
     pub min_version: MinVersion,
-    #[serde(default)]
-    pub session_tickets: u32,
+    pub session_tickets: Option<Spanned<u32>>,
     pub default_certificate: Option<Spanned<String>>,
     pub trust_anchors: Option<Spanned<PathBuf>>,
 }
@@ -262,6 +261,10 @@ impl Default for RawReload {
     }
 }
 
+/// Longest duration any setting takes: a week is already far past any
+/// sensible SMTP timeout, and keeps deadline arithmetic far from overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// A duration written as a humantime string ("30s", "5m", "500ms").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
@@ -275,13 +278,17 @@ impl<'de> Deserialize<'de> for HumanDuration {
                 f.write_str(r#"a duration such as "30s", "5m" or "500ms""#)
             }
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<HumanDuration, E> {
-                humantime::parse_duration(s)
-                    .map(HumanDuration)
-                    .map_err(|e| {
-                        E::custom(format!(
-                            "invalid duration {s:?}: {e} (write e.g. \"30s\", \"5m\")"
-                        ))
-                    })
+                let d = humantime::parse_duration(s).map_err(|e| {
+                    E::custom(format!(
+                        "invalid duration {s:?}: {e} (write e.g. \"30s\", \"5m\")"
+                    ))
+                })?;
+                if d.is_zero() || d > MAX_DURATION {
+                    return Err(E::custom(format!(
+                        "duration {s:?} out of range: more than 0 and at most 7 days"
+                    )));
+                }
+                Ok(HumanDuration(d))
             }
         }
         d.deserialize_str(V)

@@ -111,6 +111,19 @@ fn bad_duration_names_line_and_key() {
 }
 
 #[test]
+fn durations_must_be_positive_and_at_most_a_week() {
+    for bad in ["0s", "8days", "300000000000y"] {
+        let e = one_error(&GOOD.replace("\"10s\"", &format!("\"{bad}\"")));
+        assert!(e.starts_with("test.toml:36:13: timeouts.handshake:"), "{e}");
+    }
+    let e = one_error(&GOOD.replace("[tls]", "[tls]\nsession_tickets = 1000"));
+    assert!(
+        e.contains("tls.session_tickets: at most 16 tickets per handshake"),
+        "{e}"
+    );
+}
+
+#[test]
 fn bad_enum_lists_choices() {
     let e = one_error(&GOOD.replace("tls = \"required\"", "tls = \"mandatory\""));
     assert!(

@@ -269,6 +269,7 @@ fn san_dns_names(cert: &X509Certificate<'_>) -> Vec<String> {
             _ => None,
         })
         .collect();
+    names.sort();
     names.dedup();
     names
 }

@@ -71,6 +71,9 @@ impl CertStore {
                     None => (&mut exact, name.clone()),
                 };
                 let slot = map.entry(key).or_default();
+                if slot.0.contains(&i) {
+                    continue;
+                }
                 if let Some(&j) = slot.0.iter().find(|&&j| certs[j].algorithm == c.algorithm) {
                     return Err(format!(
                         "{name} is covered by two {} certificates, {:?} and {:?}: give each name at most one certificate per key type",

@@ -290,6 +290,8 @@ pub struct Smtp {
     pub peer_certs: Vec<CertificateDer<'static>>,
     /// The TLS handshake resumed an earlier session.
     pub resumed: bool,
+    /// A handle on the TCP socket of a plaintext session.
+    tcp: Option<TcpStream>,
 }
 
 impl Smtp {
@@ -297,6 +299,7 @@ impl Smtp {
         let tcp = TcpStream::connect(addr).expect("connect to proxy");
         tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
         Smtp {
+            tcp: Some(tcp.try_clone().unwrap()),
             r: BufReader::new(Box::new(tcp)),
             tls_version: None,
             peer_certs: Vec::new(),
@@ -306,6 +309,22 @@ impl Smtp {
 
     pub fn send(&mut self, line: &str) {
         self.send_raw(format!("{line}\r\n").as_bytes());
+    }
+
+    /// The plain TCP socket (nothing may be buffered unread).
+    pub fn into_tcp(self) -> TcpStream {
+        assert!(self.r.buffer().is_empty());
+        self.tcp.expect("a plain TCP session")
+    }
+
+    /// Half-closes a plain TCP connection (no more commands).
+    pub fn shutdown_write(&mut self) {
+        self.r.get_mut().flush().unwrap();
+        let tcp = self
+            .tcp
+            .as_ref()
+            .expect("half-close needs a plain TCP session");
+        tcp.shutdown(std::net::Shutdown::Write).unwrap();
     }
 
     pub fn send_raw(&mut self, data: &[u8]) {
@@ -422,6 +441,7 @@ impl Smtp {
             tls_version,
             peer_certs,
             resumed,
+            tcp: None,
         })
     }
 }
@@ -531,6 +551,10 @@ pub enum FakeBehaviour {
     Greeting(&'static str),
     /// Normal until the message content starts, then close.
     DropInData,
+    /// Answers EHLO with 554.
+    RefuseEhlo,
+    /// Answers EHLO twice (a reply to nothing follows).
+    DoubleEhlo,
 }
 
 impl FakeBackend {
@@ -581,7 +605,13 @@ fn fake_session(mut conn: TcpStream, behaviour: FakeBehaviour, rec: Arc<Mutex<Ve
             continue;
         }
         let upper = String::from_utf8_lossy(&line).to_ascii_uppercase();
-        let reply: &[u8] = if upper.starts_with("EHLO") {
+        let reply: &[u8] = if upper.starts_with("EHLO")
+            && matches!(behaviour, FakeBehaviour::RefuseEhlo)
+        {
+            b"554 5.7.1 not you\r\n"
+        } else if upper.starts_with("EHLO") && matches!(behaviour, FakeBehaviour::DoubleEhlo) {
+            b"250 fake.backend.test\r\n250 again\r\n"
+        } else if upper.starts_with("EHLO") {
             b"250-fake.backend.test\r\n250-PIPELINING\r\n250-STARTTLS\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n"
         } else if upper.starts_with("MAIL") {
             b"250 2.1.0 Sender ok\r\n"
