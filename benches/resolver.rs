@@ -28,17 +28,22 @@ fn store(names: usize) -> CertStore {
     let ck = Arc::new(CertifiedKey::new(chain, key));
     // One certificate per tenant, each with an exact and a wildcard name.
     let certs = (0..names.div_ceil(2))
-        .map(|i| LoadedCert {
-            name: format!("tenant{i}"),
-            names: vec![format!("mx.tenant{i}.test"), format!("*.tenant{i}.test")],
-            key: ck.clone(),
-            algorithm: KeyAlgorithm::Ecdsa,
-            subject: String::new(),
-            issuer: String::new(),
-            serial: String::new(),
-            not_before: 0,
-            not_after: 0,
-            root_dropped: false,
+        .map(|i| {
+            Arc::new(LoadedCert {
+                name: format!("tenant{i}"),
+                names: vec![format!("mx.tenant{i}.test"), format!("*.tenant{i}.test")],
+                key: ck.clone(),
+                algorithm: KeyAlgorithm::Ecdsa,
+                subject: String::new(),
+                issuer: String::new(),
+                serial: String::new(),
+                not_before: 0,
+                not_after: 0,
+                root_dropped: false,
+                chain: Vec::new(),
+                chain_check: starttls_proxy::config::ChainCheck::Full,
+                warnings: Vec::new(),
+            })
         })
         .collect();
     CertStore::new(certs, 0).unwrap()

@@ -7,6 +7,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         None | Some(Cmd::Run) => run::main(&cli.config),
-        Some(Cmd::Check) => check::main(&cli.config),
+        Some(Cmd::Check { json }) => check::main(&cli.config, json),
     }
 }

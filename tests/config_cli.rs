@@ -107,8 +107,11 @@ fn check_reports_the_quickstart_config() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("certificate \"mx1\": RSA"), "{stdout}");
-    assert!(stdout.contains("chain of 2"), "{stdout}");
+    assert!(
+        stdout.contains("certificate \"mx1\": RSA, chain check full"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(2 served)"), "{stdout}");
     assert!(
         stdout.contains(
             "without SNI: certificate \"mx1-ecdsa\" (ECDSA clients), \"mx1\" (RSA-only clients)"

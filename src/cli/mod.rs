@@ -27,5 +27,9 @@ pub enum Cmd {
     Run,
     /// Validate the config and every certificate as `run` would, print a
     /// report, exit non-zero on errors.
-    Check,
+    Check {
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }

@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -13,6 +12,7 @@ use crate::config::Config;
 use crate::listener::{self, ConnectionTable};
 use crate::session::ListenerContext;
 use crate::telemetry;
+use crate::tls::reload::{Reloader, forward_hangups};
 use crate::tls::{CertStore, TlsTerminator};
 
 pub fn main(path: &std::path::Path) -> ExitCode {
@@ -38,20 +38,30 @@ pub fn main(path: &std::path::Path) -> ExitCode {
 }
 
 async fn run(config: Config) -> ExitCode {
-    let store = match CertStore::load(&config) {
-        Ok(s) => s,
+    let loaded = CertStore::load_anchors(&config).and_then(|anchors| {
+        let store = CertStore::load(&config, &anchors)?;
+        Ok((anchors, store))
+    });
+    let (anchors, store) = match loaded {
+        Ok(x) => x,
         Err(errors) => {
             eprintln!("{errors}");
             return ExitCode::from(2);
         }
     };
     for c in store.certificates() {
-        if c.root_dropped {
-            warn!(certificate = %c.name, "the chain file ends with a root certificate; it is not served");
+        info!(
+            certificate = %c.name,
+            names = %c.names.join(","),
+            algorithm = c.algorithm.as_str(),
+            serial = %c.serial,
+            not_after = %crate::tls::load::fmt_time(c.not_after),
+            "certificate loaded"
+        );
+        for w in &c.warnings {
+            warn!(certificate = %c.name, "{w}");
         }
-        info!(certificate = %c.name, names = %c.names.join(","), algorithm = c.algorithm.as_str(), not_after = %crate::tls::load::fmt_time(c.not_after), "certificate loaded");
     }
-    let store = Arc::new(ArcSwap::from_pointee(store));
     let tls = match TlsTerminator::new(store, config.tls.min_version, config.tls.session_tickets) {
         Ok(t) => t,
         Err(e) => {
@@ -59,21 +69,14 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Accepted for forward compatibility, said out loud so nobody relies on them.
+    // Accepted for forward compatibility, said out loud so nobody relies on it.
     if config.metrics.is_some() {
         warn!("[metrics] is set but the metrics endpoint is not implemented in this version yet");
     }
-    if config.tls.trust_anchors.is_some() {
-        warn!(
-            "tls.trust_anchors is set but chain validation to trust anchors is not implemented in this version yet"
-        );
-    }
-    if config.reload_set {
-        warn!(
-            "[reload] is set but certificate hot reload is not implemented in this version yet; restart to apply changes"
-        );
-    }
-    crate::shutdown::ignore_hangups();
+    let config = Arc::new(config);
+    let reloader = Reloader::new(config.clone(), tls.clone(), anchors);
+    forward_hangups(reloader.requests());
+    tokio::spawn(reloader.run());
 
     let mut backends = Vec::new();
     for b in &config.backends {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use error::{ConfigError, ConfigErrors, Location};
-pub use raw::{Identity, ListenerMode, LogFormat, LogLevel, MinVersion, TlsPolicy};
+pub use raw::{ChainCheck, Identity, ListenerMode, LogFormat, LogLevel, MinVersion, TlsPolicy};
 
 use raw::RawConfig;
 use toml::Spanned;
@@ -38,8 +38,6 @@ pub struct Config {
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub reload: ReloadConfig,
-    /// `[reload]` was written in the file (it has no effect before issue #4).
-    pub reload_set: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +56,8 @@ pub struct TlsConfig {
     /// Index into [`Config::certificates`].
     pub default_certificate: usize,
     pub trust_anchors: Option<PathBuf>,
+    pub trust_anchors_at: Location,
+    pub expiry_warning: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +69,7 @@ pub struct CertificateConfig {
     pub key_path: String,
     pub chain_at: Location,
     pub key_at: Location,
+    pub chain_check: ChainCheck,
 }
 
 #[derive(Debug, Clone)]
@@ -114,7 +115,11 @@ pub struct Timeouts {
 pub struct ReloadConfig {
     pub debounce: Duration,
     pub poll_interval: Duration,
+    pub events: bool,
 }
+
+/// `expiring_soon` in `probe` uses the same 21 days.
+pub const DEFAULT_EXPIRY_WARNING: Duration = Duration::from_secs(21 * 86_400);
 
 /// TLS 1.3 tickets sent per handshake; clients use one, a few cover retries.
 const MAX_SESSION_TICKETS: u32 = 16;
@@ -231,11 +236,11 @@ impl Checker<'_> {
             backend_connect: t.backend_connect.0,
             shutdown_grace: t.shutdown_grace.0,
         };
-        let reload_set = raw.reload.is_some();
         let r = raw.reload.unwrap_or_default();
         let reload = ReloadConfig {
             debounce: r.debounce.0,
             poll_interval: r.poll_interval.0,
+            events: r.events,
         };
 
         if !self.errors.is_empty() {
@@ -260,7 +265,6 @@ impl Checker<'_> {
             limits,
             timeouts,
             reload,
-            reload_set,
         })
     }
 
@@ -441,6 +445,7 @@ impl Checker<'_> {
                 key_path,
                 chain_at: self.at(&c.chain),
                 key_at: self.at(&c.key),
+                chain_check: c.chain_check,
             });
         }
         out
@@ -497,6 +502,11 @@ impl Checker<'_> {
             },
             default_certificate,
             trust_anchors: t.trust_anchors.as_ref().map(|p| p.get_ref().clone()),
+            trust_anchors_at: t
+                .trust_anchors
+                .as_ref()
+                .map_or(Location::default(), |p| self.at(p)),
+            expiry_warning: t.expiry_warning.map_or(DEFAULT_EXPIRY_WARNING, |w| w.0),
         })
     }
 }

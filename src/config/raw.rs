@@ -103,6 +103,8 @@ pub struct RawTls {
     pub session_tickets: Option<Spanned<u32>>,
     pub default_certificate: Option<Spanned<String>>,
     pub trust_anchors: Option<Spanned<PathBuf>>,
+    /// Warn when a certificate expires within this window (default 21 days).
+    pub expiry_warning: Option<WarnWindow>,
 }
 
 /// The lowest TLS version accepted; never below 1.2.
@@ -121,6 +123,30 @@ pub struct RawCertificate {
     pub name: Spanned<String>,
     pub chain: Spanned<PathBuf>,
     pub key: Spanned<PathBuf>,
+    #[serde(default)]
+    pub chain_check: ChainCheck,
+}
+
+/// How far a certificate's chain is checked at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChainCheck {
+    /// Ordered and complete up to a trust anchor (system roots plus
+    /// `tls.trust_anchors`).
+    #[default]
+    Full,
+    /// DANE-only (TLSA 3 1 1): key, dates and names are checked, the path to
+    /// a trust anchor is not.
+    DaneEe,
+}
+
+impl ChainCheck {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::DaneEe => "dane-ee",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -250,6 +276,9 @@ impl Default for RawTimeouts {
 pub struct RawReload {
     pub debounce: HumanDuration,
     pub poll_interval: HumanDuration,
+    /// Watch the certificate directories for changes (inotify); the poll
+    /// runs either way. Off for filesystems whose events cannot be trusted.
+    pub events: bool,
 }
 
 impl Default for RawReload {
@@ -257,7 +286,27 @@ impl Default for RawReload {
         Self {
             debounce: HumanDuration(Duration::from_millis(500)),
             poll_interval: HumanDuration(Duration::from_secs(30)),
+            events: true,
         }
+    }
+}
+
+/// A warning window such as "21d": more than 0, at most a year.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WarnWindow(pub Duration);
+
+impl<'de> Deserialize<'de> for WarnWindow {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let w = humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!("invalid duration {s:?}: {e} (write e.g. \"21d\")"))
+        })?;
+        if w.is_zero() || w > Duration::from_secs(366 * 86_400) {
+            return Err(serde::de::Error::custom(format!(
+                "duration {s:?} out of range: more than 0 and at most a year"
+            )));
+        }
+        Ok(WarnWindow(w))
     }
 }
 

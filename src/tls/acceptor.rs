@@ -96,10 +96,14 @@ impl HandshakeError {
 }
 
 /// Terminates TLS with certificates from the current store snapshot.
+/// Clones share the state: a reload swaps the store (or the TLS settings)
+/// for every listener at once; handshakes in progress keep what they took.
 #[derive(Clone)]
 pub struct TlsTerminator {
-    base: Arc<ServerConfig>,
+    base: Arc<ArcSwap<ServerConfig>>,
     store: Arc<ArcSwap<CertStore>>,
+    /// The settings `base` was built from, to rebuild only on a change.
+    settings: Arc<ArcSwap<(MinVersion, u32)>>,
 }
 
 impl std::fmt::Debug for TlsTerminator {
@@ -143,10 +147,22 @@ impl ResolvesServerCert for ChooseOnce {
 
 impl TlsTerminator {
     pub fn new(
-        store: Arc<ArcSwap<CertStore>>,
+        store: CertStore,
         min_version: MinVersion,
         session_tickets: u32,
     ) -> Result<Self, rustls::Error> {
+        let base = Self::base_config(min_version, session_tickets)?;
+        Ok(Self {
+            base: Arc::new(ArcSwap::from_pointee(base)),
+            store: Arc::new(ArcSwap::from_pointee(store)),
+            settings: Arc::new(ArcSwap::from_pointee((min_version, session_tickets))),
+        })
+    }
+
+    fn base_config(
+        min_version: MinVersion,
+        session_tickets: u32,
+    ) -> Result<ServerConfig, rustls::Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let versions: &[&'static rustls::SupportedProtocolVersion] = match min_version {
             MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -162,15 +178,33 @@ impl TlsTerminator {
         if session_tickets > 0 {
             config.ticketer = rustls::crypto::ring::Ticketer::new()?;
         }
-        Ok(Self {
-            base: Arc::new(config),
-            store,
-        })
+        Ok(config)
     }
 
     /// The current certificate store.
-    pub fn store(&self) -> arc_swap::Guard<Arc<CertStore>> {
-        self.store.load()
+    pub fn store(&self) -> Arc<CertStore> {
+        self.store.load_full()
+    }
+
+    /// New handshakes use `store` from now on.
+    pub fn swap_store(&self, store: CertStore) {
+        self.store.store(Arc::new(store));
+    }
+
+    /// Applies TLS settings; returns whether anything changed.
+    pub fn apply_settings(
+        &self,
+        min_version: MinVersion,
+        session_tickets: u32,
+    ) -> Result<bool, rustls::Error> {
+        if **self.settings.load() == (min_version, session_tickets) {
+            return Ok(false);
+        }
+        let base = Self::base_config(min_version, session_tickets)?;
+        self.base.store(Arc::new(base));
+        self.settings
+            .store(Arc::new((min_version, session_tickets)));
+        Ok(true)
     }
 
     /// Runs the server side of a handshake on `io`, bounded by `timeout`.
@@ -198,7 +232,7 @@ impl TlsTerminator {
             store: self.store.load_full(),
             chosen: OnceLock::new(),
         });
-        let mut config = (*self.base).clone();
+        let mut config = (**self.base.load()).clone();
         config.cert_resolver = chooser.clone();
         let stream = tokio::time::timeout_at(deadline, start.into_stream(Arc::new(config)))
             .await

@@ -14,10 +14,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rustls::SignatureAlgorithm;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-use crate::config::{CertificateConfig, ConfigError};
+use super::validate::{CertNames, ChainError, TrustAnchors, check_chain};
+use crate::config::{CertificateConfig, ChainCheck, ConfigError};
 
 /// A certificate ready to serve.
 #[derive(Debug)]
@@ -36,6 +37,11 @@ pub struct LoadedCert {
     pub not_after: i64,
     /// A root was present at the end of the file and is not served.
     pub root_dropped: bool,
+    /// Subjects of what is served, leaf first.
+    pub chain: Vec<String>,
+    pub chain_check: ChainCheck,
+    /// Problems that do not stop serving (expiring soon, root dropped).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +94,12 @@ pub enum CertError {
     Expired { path: PathBuf, not_after: i64 },
     #[error("{}: leaf certificate not valid before {}", path.display(), fmt_time(*not_before))]
     NotYetValid { path: PathBuf, not_before: i64 },
+    #[error("{}: {source}", path.display())]
+    Chain {
+        path: PathBuf,
+        #[source]
+        source: ChainError,
+    },
     #[error("{}: leaf certificate has no subjectAltName DNS names (CN is not used)", path.display())]
     NoDnsNames { path: PathBuf },
 }
@@ -141,8 +153,21 @@ pub fn now_unix() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// What a load checks against besides the files themselves.
+#[derive(Debug)]
+pub struct LoadContext<'a> {
+    pub anchors: &'a TrustAnchors,
+    /// Seconds since the epoch.
+    pub now: i64,
+    /// Warn when the leaf expires within this window.
+    pub expiry_warning: std::time::Duration,
+}
+
 /// Loads and checks one `[[certificate]]`.
-pub fn load_certificate(c: &CertificateConfig) -> Result<LoadedCert, CertError> {
+pub fn load_certificate(
+    c: &CertificateConfig,
+    cx: &LoadContext<'_>,
+) -> Result<LoadedCert, CertError> {
     let chain_pem = std::fs::read(&c.chain).map_err(|source| CertError::Read {
         path: c.chain.clone(),
         source,
@@ -170,47 +195,50 @@ pub fn load_certificate(c: &CertificateConfig) -> Result<LoadedCert, CertError> 
         detail: e.to_string(),
     })?;
 
-    let parse_err = |index: usize, detail: String| CertError::Parse {
-        path: c.chain.clone(),
-        index,
-        detail,
-    };
-    let (subject, issuer, serial, not_before, not_after, names) = {
-        let (_, leaf) =
-            X509Certificate::from_der(&chain[0]).map_err(|e| parse_err(0, e.to_string()))?;
-        let names = san_dns_names(&leaf);
-        (
-            leaf.subject().to_string(),
-            leaf.issuer().to_string(),
-            leaf.raw_serial_as_string(),
-            leaf.validity().not_before.timestamp(),
-            leaf.validity().not_after.timestamp(),
-            names,
-        )
+    let mut parsed: Vec<CertNames> = Vec::with_capacity(chain.len());
+    let mut leaf_facts = None;
+    for (index, der) in chain.iter().enumerate() {
+        let (_, cert) = X509Certificate::from_der(der).map_err(|e| CertError::Parse {
+            path: c.chain.clone(),
+            index,
+            detail: e.to_string(),
+        })?;
+        parsed.push(CertNames {
+            subject: cert.subject().to_string(),
+            issuer: cert.issuer().to_string(),
+            subject_raw: cert.subject().as_raw().to_vec(),
+            issuer_raw: cert.issuer().as_raw().to_vec(),
+        });
+        if index == 0 {
+            leaf_facts = Some((
+                cert.raw_serial_as_string(),
+                cert.validity().not_before.timestamp(),
+                cert.validity().not_after.timestamp(),
+                san_dns_names(&cert),
+            ));
+        }
+    }
+    let Some((serial, not_before, not_after, names)) = leaf_facts else {
+        return Err(CertError::NoCertificates {
+            path: c.chain.clone(),
+        });
     };
     // A self-signed certificate at the end of a longer chain is the root:
     // clients have it or not, sending it only costs bytes (DESIGN.md §3).
-    let mut root_dropped = false;
-    if chain.len() > 1 {
-        let last = chain.len() - 1;
-        let (_, root) =
-            X509Certificate::from_der(&chain[last]).map_err(|e| parse_err(last, e.to_string()))?;
-        if root.subject().as_raw() == root.issuer().as_raw() {
-            root_dropped = true;
-        }
-    }
+    let root_dropped =
+        parsed.len() > 1 && parsed.last().is_some_and(|r| r.subject_raw == r.issuer_raw);
     if root_dropped {
         chain.pop();
+        parsed.pop();
     }
 
-    let now = now_unix();
-    if not_after < now {
+    if not_after < cx.now {
         return Err(CertError::Expired {
             path: c.chain.clone(),
             not_after,
         });
     }
-    if not_before > now {
+    if not_before > cx.now {
         return Err(CertError::NotYetValid {
             path: c.chain.clone(),
             not_before,
@@ -242,6 +270,32 @@ pub fn load_certificate(c: &CertificateConfig) -> Result<LoadedCert, CertError> 
             key: c.key.clone(),
         });
     }
+
+    if c.chain_check == ChainCheck::Full {
+        let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+            u64::try_from(cx.now).unwrap_or(0),
+        ));
+        check_chain(&key.cert, &parsed, cx.anchors, now).map_err(|source| CertError::Chain {
+            path: c.chain.clone(),
+            source,
+        })?;
+    }
+
+    let mut warnings = Vec::new();
+    let left = not_after - cx.now;
+    if left < cx.expiry_warning.as_secs() as i64 {
+        warnings.push(format!(
+            "expires in {} days ({})",
+            left / 86_400,
+            fmt_time(not_after)
+        ));
+    }
+    if root_dropped {
+        warnings.push(
+            "the chain file ends with its root certificate; the root is not served".to_string(),
+        );
+    }
+    let (subject, issuer) = (parsed[0].subject.clone(), parsed[0].issuer.clone());
     Ok(LoadedCert {
         name: c.name.clone(),
         names,
@@ -253,6 +307,9 @@ pub fn load_certificate(c: &CertificateConfig) -> Result<LoadedCert, CertError> 
         not_before,
         not_after,
         root_dropped,
+        chain: parsed.into_iter().map(|n| n.subject).collect(),
+        chain_check: c.chain_check,
+        warnings,
     })
 }
 

@@ -4,7 +4,9 @@
 
 pub mod acceptor;
 pub mod load;
+pub mod reload;
 pub mod store;
+pub mod validate;
 
 pub use acceptor::{HandshakeError, HandshakeInfo, TlsTerminator};
 pub use store::{CertStore, SniMatch};

@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use rustls::SignatureScheme;
 
-use super::load::{KeyAlgorithm, LoadedCert, load_certificate};
+use super::load::{KeyAlgorithm, LoadContext, LoadedCert, load_certificate, now_unix};
+use super::validate::TrustAnchors;
 use crate::config::{Config, ConfigError, ConfigErrors};
 
 /// How the client's SNI related to the store (a metric label).
@@ -60,8 +61,7 @@ impl CertStore {
     ///
     /// Two certificates of the same key type for the same name are refused:
     /// which one a client gets must be a decision, not load order.
-    pub fn new(certs: Vec<LoadedCert>, default: usize) -> Result<Self, String> {
-        let certs: Vec<Arc<LoadedCert>> = certs.into_iter().map(Arc::new).collect();
+    pub fn new(certs: Vec<Arc<LoadedCert>>, default: usize) -> Result<Self, String> {
         let mut exact: HashMap<String, Slot> = HashMap::new();
         let mut wildcard: HashMap<String, Slot> = HashMap::new();
         for (i, c) in certs.iter().enumerate() {
@@ -107,12 +107,17 @@ impl CertStore {
     }
 
     /// Loads every certificate of `config`, reporting all failures.
-    pub fn load(config: &Config) -> Result<Self, ConfigErrors> {
+    pub fn load(config: &Config, anchors: &TrustAnchors) -> Result<Self, ConfigErrors> {
+        let cx = LoadContext {
+            anchors,
+            now: now_unix(),
+            expiry_warning: config.tls.expiry_warning,
+        };
         let mut loaded = Vec::new();
         let mut errors = Vec::new();
         for c in &config.certificates {
-            match load_certificate(c) {
-                Ok(l) => loaded.push(l),
+            match load_certificate(c, &cx) {
+                Ok(l) => loaded.push(Arc::new(l)),
                 Err(e) => errors.push(e.to_config_error(&config.path, c)),
             }
         }
@@ -126,6 +131,19 @@ impl CertStore {
                 c.chain_at,
                 "certificate",
                 msg,
+            )])
+        })
+    }
+
+    /// The system roots plus `tls.trust_anchors`, as a config error when the
+    /// configured file is unusable.
+    pub fn load_anchors(config: &Config) -> Result<TrustAnchors, ConfigErrors> {
+        TrustAnchors::load(config.tls.trust_anchors.as_deref()).map_err(|e| {
+            ConfigErrors(vec![ConfigError::new(
+                &config.path,
+                config.tls.trust_anchors_at,
+                "tls.trust_anchors",
+                e.to_string(),
             )])
         })
     }
@@ -209,13 +227,13 @@ mod tests {
         Arc::new(CertifiedKey::new(chain, key))
     }
 
-    fn cert(name: &str, names: &[&str], algorithm: KeyAlgorithm) -> LoadedCert {
+    fn cert(name: &str, names: &[&str], algorithm: KeyAlgorithm) -> Arc<LoadedCert> {
         let dir = if algorithm == KeyAlgorithm::Ecdsa {
             "mx1.example.test/ecdsa"
         } else {
             "mx1.example.test"
         };
-        LoadedCert {
+        Arc::new(LoadedCert {
             name: name.into(),
             names: names.iter().map(|n| n.to_string()).collect(),
             key: key(dir),
@@ -226,7 +244,10 @@ mod tests {
             not_before: 0,
             not_after: 0,
             root_dropped: false,
-        }
+            chain: Vec::new(),
+            chain_check: crate::config::ChainCheck::Full,
+            warnings: Vec::new(),
+        })
     }
 
     const ECDSA_OK: &[SignatureScheme] = &[

@@ -60,6 +60,7 @@ backend = "b"
 
 [tls]
 default_certificate = "mx1"
+trust_anchors = "{{certs}}/ca.pem"
 
 [[certificate]]
 name = "mx1"

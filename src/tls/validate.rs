@@ -1,0 +1,194 @@
+//! Chain checks at load: the chain file must be ordered (leaf, then each
+//! issuer) and complete up to a trust anchor — the system roots plus the
+//! configured `trust_anchors`. Path validation is rustls-webpki's, the same
+//! code rustls clients run; the order check is ours, because webpki builds
+//! a path from the intermediates in any order while many senders do not.
+
+use std::path::{Path, PathBuf};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
+use tracing::warn;
+
+/// The certificates a served chain must lead to.
+#[derive(Debug, Default)]
+pub struct TrustAnchors {
+    anchors: Vec<TrustAnchor<'static>>,
+    /// Subjects (raw DER) of the anchors, to tell "incomplete" from "untrusted".
+    subjects: Vec<Vec<u8>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnchorError {
+    #[error("cannot read trust anchors {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("trust anchors {}: {detail}", path.display())]
+    Invalid { path: PathBuf, detail: String },
+}
+
+impl TrustAnchors {
+    /// The operating system's roots (as rustls-native-certs finds them) and
+    /// every certificate in `extra`, a PEM file.
+    pub fn load(extra: Option<&Path>) -> Result<Self, AnchorError> {
+        let mut t = TrustAnchors::default();
+        let native = rustls_native_certs::load_native_certs();
+        for e in &native.errors {
+            warn!(error = %e, "problem reading the system trust store");
+        }
+        for c in &native.certs {
+            // A system root webpki cannot use is skipped, not fatal.
+            let _ = t.add(c);
+        }
+        if let Some(path) = extra {
+            let pem = std::fs::read(path).map_err(|source| AnchorError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let mut n = 0;
+            for item in CertificateDer::pem_slice_iter(&pem) {
+                let der = item.map_err(|e| AnchorError::Invalid {
+                    path: path.to_path_buf(),
+                    detail: e.to_string(),
+                })?;
+                t.add(&der).map_err(|detail| AnchorError::Invalid {
+                    path: path.to_path_buf(),
+                    detail,
+                })?;
+                n += 1;
+            }
+            if n == 0 {
+                return Err(AnchorError::Invalid {
+                    path: path.to_path_buf(),
+                    detail: "no CERTIFICATE in the file".into(),
+                });
+            }
+        }
+        Ok(t)
+    }
+
+    fn add(&mut self, der: &CertificateDer<'_>) -> Result<(), String> {
+        let anchor = webpki::anchor_from_trusted_cert(der)
+            .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+        self.subjects.push(anchor.subject.as_ref().to_vec());
+        self.anchors.push(anchor.to_owned());
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.anchors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.anchors.is_empty()
+    }
+
+    fn has_subject(&self, raw: &[u8]) -> bool {
+        // TrustAnchor.subject is the DN's content without the outer SEQUENCE.
+        self.subjects
+            .iter()
+            .any(|s| raw.ends_with(s) && raw.len() - s.len() <= 4)
+    }
+}
+
+/// Names of one certificate in the chain, as parsed at load.
+#[derive(Debug, Clone)]
+pub struct CertNames {
+    pub subject: String,
+    pub issuer: String,
+    pub subject_raw: Vec<u8>,
+    pub issuer_raw: Vec<u8>,
+}
+
+/// Why a chain would not be accepted by a strict sender.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error(
+        "chain misordered: certificate {index} ({subject}) is not the issuer of certificate {prev} ({issuer}); put the leaf first, then each issuer in turn",
+        prev = index - 1
+    )]
+    Misordered {
+        index: usize,
+        subject: String,
+        issuer: String,
+    },
+    #[error(
+        "chain incomplete: the issuer of the last certificate ({issuer}) is neither in the file nor a trust anchor; \
+         an intermediate is missing (cert.pem instead of fullchain.pem?) — or add its CA to trust_anchors"
+    )]
+    Incomplete { issuer: String },
+    #[error("chain does not verify to a trust anchor: {detail}")]
+    Untrusted { detail: String },
+    #[error(
+        "a certificate in the chain is not valid now (an intermediate expired or not yet valid): {detail}"
+    )]
+    IntermediateNotValid { detail: String },
+    #[error("the leaf may not be used by a TLS server (its extendedKeyUsage lacks serverAuth)")]
+    NotForServers,
+}
+
+/// Checks order and the path to a trust anchor. `chain` is what will be
+/// served (root already dropped); `names` the parsed names of each entry.
+pub fn check_chain(
+    chain: &[CertificateDer<'static>],
+    names: &[CertNames],
+    anchors: &TrustAnchors,
+    now: UnixTime,
+) -> Result<(), ChainError> {
+    for i in 1..names.len().min(chain.len()) {
+        if names[i - 1].issuer_raw != names[i].subject_raw {
+            return Err(ChainError::Misordered {
+                index: i,
+                subject: names[i].subject.clone(),
+                issuer: names[i - 1].issuer.clone(),
+            });
+        }
+    }
+    let Some(leaf) = chain.first() else {
+        return Err(ChainError::Untrusted {
+            detail: "empty chain".into(),
+        });
+    };
+    let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| ChainError::Untrusted {
+        detail: format!("leaf: {e}"),
+    })?;
+    let res = ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &anchors.anchors,
+        &chain[1..],
+        now,
+        webpki::KeyUsage::server_auth(),
+        None,
+        None,
+    );
+    match res {
+        Ok(_) => Ok(()),
+        Err(webpki::Error::UnknownIssuer) => {
+            let last = names.last();
+            match last {
+                Some(l) if !anchors.has_subject(&l.issuer_raw) => Err(ChainError::Incomplete {
+                    issuer: l.issuer.clone(),
+                }),
+                _ => Err(ChainError::Untrusted {
+                    detail: "the issuer is a trust anchor by name but no signature path verifies"
+                        .into(),
+                }),
+            }
+        }
+        Err(e @ (webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. })) => {
+            Err(ChainError::IntermediateNotValid {
+                detail: e.to_string(),
+            })
+        }
+        #[allow(deprecated)]
+        Err(webpki::Error::RequiredEkuNotFound | webpki::Error::RequiredEkuNotFoundContext(_)) => {
+            Err(ChainError::NotForServers)
+        }
+        Err(e) => Err(ChainError::Untrusted {
+            detail: e.to_string(),
+        }),
+    }
+}
