@@ -196,6 +196,7 @@ pub fn load_certificate(
     })?;
 
     let mut parsed: Vec<CertNames> = Vec::with_capacity(chain.len());
+    let mut spkis: Vec<Vec<u8>> = Vec::with_capacity(chain.len());
     let mut leaf_facts = None;
     for (index, der) in chain.iter().enumerate() {
         let (_, cert) = X509Certificate::from_der(der).map_err(|e| CertError::Parse {
@@ -209,6 +210,7 @@ pub fn load_certificate(
             subject_raw: cert.subject().as_raw().to_vec(),
             issuer_raw: cert.issuer().as_raw().to_vec(),
         });
+        spkis.push(cert.public_key().raw.to_vec());
         if index == 0 {
             leaf_facts = Some((
                 cert.raw_serial_as_string(),
@@ -223,6 +225,33 @@ pub fn load_certificate(
             path: c.chain.clone(),
         });
     };
+    let signing_key = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|source| {
+        CertError::KeyUnsupported {
+            path: c.key.clone(),
+            source,
+        }
+    })?;
+    let algorithm = match signing_key.algorithm() {
+        SignatureAlgorithm::ECDSA => KeyAlgorithm::Ecdsa,
+        SignatureAlgorithm::ED25519 => KeyAlgorithm::Ed25519,
+        _ => KeyAlgorithm::Rsa,
+    };
+    // The key belongs to a later certificate: the leaf is not first, the
+    // most common misordering (intermediate pasted above the leaf).
+    if let Some(spki) = signing_key.public_key() {
+        let spki = spki.as_ref();
+        if spkis.first().is_some_and(|s| s != spki) {
+            if let Some(k) = spkis.iter().position(|s| s == spki) {
+                return Err(CertError::Chain {
+                    path: c.chain.clone(),
+                    source: ChainError::LeafNotFirst {
+                        index: k,
+                        subject: parsed[k].subject.clone(),
+                    },
+                });
+            }
+        }
+    }
     // A self-signed certificate at the end of a longer chain is the root:
     // clients have it or not, sending it only costs bytes (DESIGN.md §3).
     let root_dropped =
@@ -250,17 +279,6 @@ pub fn load_certificate(
         });
     }
 
-    let signing_key = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|source| {
-        CertError::KeyUnsupported {
-            path: c.key.clone(),
-            source,
-        }
-    })?;
-    let algorithm = match signing_key.algorithm() {
-        SignatureAlgorithm::ECDSA => KeyAlgorithm::Ecdsa,
-        SignatureAlgorithm::ED25519 => KeyAlgorithm::Ed25519,
-        _ => KeyAlgorithm::Rsa,
-    };
     let key = CertifiedKey::new(chain, signing_key);
     if let Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) =
         key.keys_match()

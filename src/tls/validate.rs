@@ -123,6 +123,10 @@ pub enum ChainError {
     #[error("chain does not verify to a trust anchor: {detail}")]
     Untrusted { detail: String },
     #[error(
+        "chain misordered: the leaf ({subject}, the certificate of the key) is certificate {index} in the file; put it first, then each issuer in turn"
+    )]
+    LeafNotFirst { index: usize, subject: String },
+    #[error(
         "a certificate in the chain is not valid now (an intermediate expired or not yet valid): {detail}"
     )]
     IntermediateNotValid { detail: String },

@@ -3,6 +3,8 @@
 //! backend, and helpers for the private Postfix peers in tests/peers/.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

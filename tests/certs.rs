@@ -1,0 +1,285 @@
+//! Certificate validation at load, through `check` and `run` of the real
+//! binary: each failure is refused with a message naming the file.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use support::pki;
+use support::*;
+
+/// A config whose only certificate is `chain` + `key`.
+fn one_cert_config(dir: &Path, chain: &Path, key: &Path, extra: &str) -> PathBuf {
+    let text = format!(
+        r#"hostname = "mx1.example.test"
+
+[[listener]]
+address = "127.0.0.1:0"
+backend = "b"
+
+[tls]
+trust_anchors = "{ca}"
+
+[[certificate]]
+name = "c"
+chain = "{chain}"
+key = "{key}"
+{extra}
+
+[[backend]]
+name = "b"
+sink = "{dir}/mail"
+"#,
+        ca = certs().join("ca.pem").display(),
+        chain = chain.display(),
+        key = key.display(),
+        dir = dir.display(),
+    );
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Writes `chain_pem` and `key_pem` to files and returns the check output.
+fn check_with(
+    chain_pem: &str,
+    key_pem: &str,
+    extra: &str,
+) -> (bool, String, PathBuf, tempfile::TempDir) {
+    let dir = tempdir();
+    let chain = dir.path().join("chain.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&chain, chain_pem).unwrap();
+    std::fs::write(&key, key_pem).unwrap();
+    let config = one_cert_config(dir.path(), &chain, &key, extra);
+    let out = run_bin(&["check", "--config", config.to_str().unwrap()]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text, chain, dir)
+}
+
+fn read(p: &str) -> String {
+    std::fs::read_to_string(certs().join(p)).unwrap()
+}
+
+fn refused(chain_pem: &str, key_pem: &str, expected: &str) {
+    let (ok, text, chain, _dir) = check_with(chain_pem, key_pem, "");
+    assert!(!ok, "accepted:\n{text}");
+    assert!(
+        text.contains(&format!("certificate[0].chain: {}: ", chain.display())),
+        "file not named:\n{text}"
+    );
+    assert!(text.contains(expected), "expected {expected:?} in:\n{text}");
+}
+
+#[test]
+fn missing_intermediate_is_refused() {
+    refused(
+        &read("mx1.example.test/leaf-only.pem"),
+        &read("mx1.example.test/privkey.pem"),
+        "chain incomplete",
+    );
+}
+
+#[test]
+fn leaf_after_its_intermediate_is_refused() {
+    let chain = read("intermediate.pem") + &read("mx1.example.test/leaf-only.pem");
+    refused(
+        &chain,
+        &read("mx1.example.test/privkey.pem"),
+        "chain misordered: the leaf (CN=mx1.example.test",
+    );
+}
+
+#[test]
+fn intermediates_in_the_wrong_order_are_refused() {
+    let l = pki::leaf_under_sub_ca(&["mx1.example.test"]);
+    // leaf, then the demo intermediate, then the sub-CA: the leaf's issuer
+    // is not next.
+    let blocks: Vec<&str> = l
+        .intermediates_pem
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .collect();
+    let chain = format!("{}{}{}", l.leaf_pem, blocks[1], blocks[0]);
+    refused(
+        &chain,
+        &l.key_pem,
+        "chain misordered: certificate 1 (O=starttls-proxy demo",
+    );
+}
+
+#[test]
+fn expired_leaf_is_refused() {
+    let l = pki::leaf_valid(&["mx1.example.test"], (2020, 1, 1), (2021, 1, 1));
+    refused(
+        &l.fullchain(),
+        &l.key_pem,
+        "leaf certificate expired at 2021-01-01",
+    );
+}
+
+#[test]
+fn not_yet_valid_leaf_is_refused() {
+    let l = pki::leaf_valid(&["mx1.example.test"], (2090, 1, 1), (2099, 1, 1));
+    refused(
+        &l.fullchain(),
+        &l.key_pem,
+        "leaf certificate not valid before 2090-01-01",
+    );
+}
+
+#[test]
+fn self_signed_is_refused_unless_dane_ee() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["mx1.example.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    // A single self-signed certificate is the leaf, not a root to drop.
+    refused(&cert.pem(), &key.serialize_pem(), "chain incomplete");
+    let (ok, text, _, _dir) = check_with(
+        &cert.pem(),
+        &key.serialize_pem(),
+        "chain_check = \"dane-ee\"",
+    );
+    assert!(ok, "{text}");
+    assert!(text.contains("chain check dane-ee"), "{text}");
+}
+
+#[test]
+fn key_mismatch_names_the_key_file() {
+    let (ok, text, _, dir) = check_with(
+        &read("mx1.example.test/fullchain.pem"),
+        &read("mx.tenant2.test/privkey.pem"),
+        "",
+    );
+    assert!(!ok);
+    let key = dir.path().join("key.pem");
+    assert!(
+        text.contains(&format!(
+            "certificate[0].key: {}: does not match the leaf",
+            key.display()
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn root_in_the_file_is_dropped_and_not_served() {
+    let chain = read("mx1.example.test/fullchain.pem") + &read("ca.pem");
+    let (ok, text, _, _dir) = check_with(&chain, &read("mx1.example.test/privkey.pem"), "");
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("(2 served; the root in the file is not served)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warning: certificate \"c\": the chain file ends with its root certificate"),
+        "{text}"
+    );
+
+    // And on the wire: leaf + intermediate only.
+    let dir = tempdir();
+    std::fs::write(dir.path().join("chain.pem"), &chain).unwrap();
+    let config = ProxyConfig::sink().replace(
+        "{certs}/mx1.example.test/fullchain.pem",
+        dir.path().join("chain.pem").to_str().unwrap(),
+    );
+    let proxy = Proxy::start(config);
+    let (_, out) = s_client(
+        proxy.addr(),
+        &[
+            "-servername",
+            "mx1.example.test",
+            "-showcerts",
+            "-sigalgs",
+            "rsa_pss_rsae_sha256",
+        ],
+    );
+    assert_eq!(chain_subjects(&out).len(), 2, "{out}");
+}
+
+#[test]
+fn expiring_soon_is_a_warning_not_an_error() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let soon = time_ymd(now + 5 * 86_400);
+    let l = pki::leaf_valid(&["mx1.example.test"], (2020, 1, 1), soon);
+    let (ok, text, _, _dir) = check_with(&l.fullchain(), &l.key_pem, "");
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("warning: certificate \"c\": expires in 4 days")
+            || text.contains("expires in 5 days"),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_json_reports_certificates_and_errors() {
+    let out = std::process::Command::new(bin())
+        .args(["check", "--json", "--config", "config/quickstart.toml"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["errors"].as_array().unwrap().len(), 0);
+    assert_eq!(v["certificates"][0]["name"], "mx1");
+    assert_eq!(v["certificates"][0]["chain"].as_array().unwrap().len(), 2);
+    assert_eq!(v["no_sni"]["rsa_clients"], "mx1");
+    assert_eq!(v["no_sni"]["ecdsa_clients"], "mx1-ecdsa");
+
+    let (_, _, _, dir) = check_with(
+        &read("mx1.example.test/leaf-only.pem"),
+        &read("mx1.example.test/privkey.pem"),
+        "",
+    );
+    let out = run_bin(&[
+        "check",
+        "--json",
+        "--config",
+        dir.path().join("proxy.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("chain incomplete"),
+        "{v}"
+    );
+}
+
+#[test]
+fn run_refuses_to_start_on_an_invalid_certificate() {
+    let dir = tempdir();
+    let chain = certs().join("mx1.example.test/leaf-only.pem");
+    let key = certs().join("mx1.example.test/privkey.pem");
+    let config = one_cert_config(dir.path(), &chain, &key, "");
+    let out = run_bin(&["run", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("certificate[0].chain: ") && stderr.contains("chain incomplete"),
+        "{stderr}"
+    );
+}
+
+/// (year, month, day) of a Unix time, for rcgen.
+fn time_ymd(t: i64) -> (i32, u8, u8) {
+    let days = t.div_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    ((if m <= 2 { y + 1 } else { y }) as i32, m as u8, d as u8)
+}
