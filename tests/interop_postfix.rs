@@ -6,6 +6,7 @@ mod support;
 
 use std::process::Command;
 
+use support::pki;
 use support::*;
 
 /// Fixed loopback ports for the Postfix backends of this file (Postfix
@@ -130,4 +131,32 @@ fn strict_postfix_sender_defers_on_a_name_mismatch() {
         out.contains("hostname mismatch") || out.contains("Server certificate not verified"),
         "{out}"
     );
+}
+
+#[test]
+fn strict_postfix_sender_still_delivers_after_a_rotation() {
+    let tmp = tempdir();
+    let dir = tmp.path().join("rot");
+    pki::leaf(&["rot.example.test"]).write_to(&dir);
+    let extra = format!(
+        "[[certificate]]\nname = \"rot\"\nchain = \"{}\"\nkey = \"{}\"\n\n[[backend]]",
+        dir.join("fullchain.pem").display(),
+        dir.join("privkey.pem").display()
+    );
+    let mut config = ProxyConfig::sink();
+    config.text =
+        config.text.replacen("[[backend]]", &extra, 1) + "\n[reload]\ndebounce = \"100ms\"\n";
+    let mut proxy = Proxy::start(config);
+    let pid = proxy.pid();
+
+    let next = pki::leaf(&["rot.example.test"]);
+    next.write_to(&dir);
+    proxy.wait_log("certificate reloaded", 1);
+    let (code, out) = postfix_send(proxy.port(), "rot.example.test", Some("rot.example.test"));
+    assert_eq!(code, 0, "strict sender after rotation:\n{out}");
+    assert!(proxy.alive() && proxy.pid() == pid, "no restart");
+    // The sender saw the new certificate: the handshake log names it.
+    let hs = proxy.logs_with("tls handshake");
+    assert_eq!(hs.last().unwrap()["certificate"], "rot");
+    assert_eq!(hs.last().unwrap()["serial"], next.serial);
 }

@@ -25,6 +25,8 @@ pub struct HandshakeInfo {
     pub sni_match: SniMatch,
     /// `[[certificate]] name` served.
     pub certificate: String,
+    /// Serial of the leaf served (to follow a rotation in the logs).
+    pub serial: String,
     pub version: &'static str,
     pub cipher: &'static str,
     pub duration: Duration,
@@ -249,19 +251,21 @@ impl TlsTerminator {
             .negotiated_cipher_suite()
             .and_then(|s| s.suite().as_str())
             .unwrap_or("unknown");
-        let (sni_match, certificate) = match chooser.chosen.get() {
-            Some(s) => (s.sni, s.cert.name.clone()),
+        let (sni_match, certificate, serial) = match chooser.chosen.get() {
+            Some(s) => (s.sni, s.cert.name.clone(), s.cert.serial.clone()),
             // Resumption (tickets on) asks no resolver: classify the SNI the
             // same way; the certificate is the one of the earlier session.
             None => (
                 chooser.store.select(sni.as_deref(), &[]).sni,
                 "resumed".to_string(),
+                String::new(),
             ),
         };
         let info = HandshakeInfo {
             sni,
             sni_match,
             certificate,
+            serial,
             version,
             cipher,
             duration: started.elapsed(),
