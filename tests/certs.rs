@@ -283,3 +283,46 @@ fn time_ymd(t: i64) -> (i32, u8, u8) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     ((if m <= 2 { y + 1 } else { y }) as i32, m as u8, d as u8)
 }
+
+#[test]
+fn p384_and_ed25519_keys_load_and_serve() {
+    for (alg, label, sigalg) in [
+        (
+            &rcgen::PKCS_ECDSA_P384_SHA384,
+            "ECDSA",
+            "ecdsa_secp384r1_sha384",
+        ),
+        (&rcgen::PKCS_ED25519, "Ed25519", "ed25519"),
+    ] {
+        let l = pki::leaf_alg(&["alg.example.test"], alg);
+        let (ok, text, _, dir) = check_with(&l.fullchain(), &l.key_pem, "");
+        assert!(ok, "{label}: {text}");
+        assert!(
+            text.contains(&format!("certificate \"c\": {label}, chain check full")),
+            "{text}"
+        );
+        let text = std::fs::read_to_string(dir.path().join("proxy.toml")).unwrap();
+        let proxy = Proxy::start(ProxyConfig {
+            text: text + "\n[log]\nformat = \"json\"\n",
+        });
+        let ca = certs().join("ca.pem");
+        let (ok, out) = s_client(
+            proxy.addr(),
+            &[
+                "-servername",
+                "alg.example.test",
+                "-sigalgs",
+                sigalg,
+                "-CAfile",
+                ca.to_str().unwrap(),
+                "-verify_hostname",
+                "alg.example.test",
+                "-verify_return_error",
+            ],
+        );
+        assert!(
+            ok && out.contains("Verify return code: 0 (ok)"),
+            "{label}: {out}"
+        );
+    }
+}

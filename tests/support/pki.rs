@@ -88,8 +88,22 @@ fn leaf_params(
 /// An ECDSA leaf for `names`, valid between the dates, issued by the demo
 /// intermediate.
 pub fn leaf_valid(names: &[&str], not_before: (i32, u8, u8), not_after: (i32, u8, u8)) -> Leaf {
+    leaf_with(names, not_before, not_after, &rcgen::PKCS_ECDSA_P256_SHA256)
+}
+
+/// A current leaf with a key of the given algorithm (P-384, Ed25519…).
+pub fn leaf_alg(names: &[&str], alg: &'static rcgen::SignatureAlgorithm) -> Leaf {
+    leaf_with(names, (2020, 1, 1), (2099, 1, 1), alg)
+}
+
+fn leaf_with(
+    names: &[&str],
+    not_before: (i32, u8, u8),
+    not_after: (i32, u8, u8),
+    alg: &'static rcgen::SignatureAlgorithm,
+) -> Leaf {
     let (params, serial) = leaf_params(names, not_before, not_after);
-    let key = KeyPair::generate().unwrap();
+    let key = KeyPair::generate_for(alg).unwrap();
     let cert = params.signed_by(&key, &intermediate()).unwrap();
     Leaf {
         leaf_pem: cert.pem(),
