@@ -180,20 +180,26 @@ impl Reloader {
                     Some(r) => r,
                     None => return,
                 },
-                _ = poll.tick() => {
-                    if self.certs.iter().any(|t| read_pair(&t.config) != t.seen) {
-                        info!("certificate files changed (poll)");
-                        self.reload_certificates();
-                    }
+                                _ = poll.tick() => {
+                    // File reads and PEM/X.509 work block: let the runtime
+                    // move other tasks off this worker meanwhile.
+                    tokio::task::block_in_place(|| {
+                        if self.certs.iter().any(|t| read_pair(&t.config) != t.seen) {
+                            info!("certificate files changed (poll)");
+                            self.reload_certificates();
+                        }
+                    });
                     continue;
                 }
             };
             let hangup = self.debounce(first).await;
-            if hangup {
-                self.reload_config();
-            } else {
-                self.reload_certificates();
-            }
+            tokio::task::block_in_place(|| {
+                if hangup {
+                    self.reload_config();
+                } else {
+                    self.reload_certificates();
+                }
+            });
         }
     }
 
