@@ -210,8 +210,8 @@ fn expiring_soon_is_a_warning_not_an_error() {
     let (ok, text, _, _dir) = check_with(&l.fullchain(), &l.key_pem, "");
     assert!(ok, "{text}");
     assert!(
-        text.contains("warning: certificate \"c\": expires in 4 days")
-            || text.contains("expires in 5 days"),
+        text.contains("warning: certificate \"c\": the leaf expires in 4 days")
+            || text.contains("warning: certificate \"c\": the leaf expires in 5 days"),
         "{text}"
     );
 }
@@ -325,4 +325,151 @@ fn p384_and_ed25519_keys_load_and_serve() {
             "{label}: {out}"
         );
     }
+}
+
+/// Like `check_with`, with a `trust_anchors` file of our choosing.
+fn check_with_anchors(
+    chain_pem: &str,
+    key_pem: &str,
+    anchors_pem: &str,
+) -> (bool, String, tempfile::TempDir) {
+    let (_, _, _, dir) = check_with(chain_pem, key_pem, "");
+    let anchors = dir.path().join("anchors.pem");
+    std::fs::write(&anchors, anchors_pem).unwrap();
+    let config = dir.path().join("proxy.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        certs().join("ca.pem").to_str().unwrap(),
+        anchors.to_str().unwrap(),
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = run_bin(&["check", "--config", config.to_str().unwrap()]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text, dir)
+}
+
+#[test]
+fn an_intermediate_in_trust_anchors_does_not_make_a_leaf_only_chain_pass() {
+    // A CA bundle with intermediate and root, as admins often configure:
+    // strict senders do not have the intermediate, so neither do we.
+    let bundle = read("intermediate.pem") + &read("ca.pem");
+    let (ok, text, _dir) = check_with_anchors(
+        &read("mx1.example.test/leaf-only.pem"),
+        &read("mx1.example.test/privkey.pem"),
+        &bundle,
+    );
+    assert!(!ok, "{text}");
+    assert!(text.contains("chain incomplete"), "{text}");
+}
+
+#[test]
+fn a_trust_anchors_file_without_a_root_is_a_config_error() {
+    let (ok, text, dir) = check_with_anchors(
+        &read("mx1.example.test/fullchain.pem"),
+        &read("mx1.example.test/privkey.pem"),
+        &read("intermediate.pem"),
+    );
+    assert!(!ok, "{text}");
+    let anchors = dir.path().join("anchors.pem");
+    assert!(
+        text.contains(&format!(
+            ":8:17: tls.trust_anchors: trust anchors {}: no usable root",
+            anchors.display()
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_expired_intermediate_is_refused() {
+    let (issuer, pem) = pki::intermediate_valid((2020, 1, 1), (2021, 1, 1));
+    let l = pki::leaf_by(
+        &issuer,
+        &pem,
+        &["mx1.example.test"],
+        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth],
+    );
+    refused(
+        &l.fullchain(),
+        &l.key_pem,
+        "a certificate in the chain is not valid now",
+    );
+}
+
+#[test]
+fn an_intermediate_expiring_before_the_leaf_is_warned_about() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let (issuer, pem) = pki::intermediate_valid((2020, 1, 1), time_ymd(now + 10 * 86_400));
+    let l = pki::leaf_by(
+        &issuer,
+        &pem,
+        &["mx1.example.test"],
+        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth],
+    );
+    let (ok, text, _, _dir) = check_with(&l.fullchain(), &l.key_pem, "");
+    assert!(ok, "{text}");
+    assert!(text.contains("warning: certificate \"c\": certificate 1 in the chain (CN=starttls-proxy test Intermediate 2) expires in"), "{text}");
+}
+
+#[test]
+fn a_leaf_without_server_auth_is_refused() {
+    let (issuer, pem) = pki::demo_intermediate();
+    let l = pki::leaf_by(
+        &issuer,
+        &pem,
+        &["mx1.example.test"],
+        vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth],
+    );
+    refused(&l.fullchain(), &l.key_pem, "lacks serverAuth");
+}
+
+#[test]
+fn a_leaf_without_dns_names_is_refused() {
+    let (issuer, pem) = pki::demo_intermediate();
+    let l = pki::leaf_by(
+        &issuer,
+        &pem,
+        &[],
+        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth],
+    );
+    refused(
+        &l.fullchain(),
+        &l.key_pem,
+        "no subjectAltName DNS names (CN is not used)",
+    );
+}
+
+#[test]
+fn a_root_in_the_file_that_is_not_an_anchor_is_named_as_such() {
+    // No trust_anchors: the demo root appended to the file is dropped and,
+    // not being a system root, leaves the chain untrusted.
+    let dir = tempdir();
+    let chain = dir.path().join("chain.pem");
+    std::fs::write(
+        &chain,
+        read("mx1.example.test/fullchain.pem") + &read("ca.pem"),
+    )
+    .unwrap();
+    let config = one_cert_config(
+        dir.path(),
+        &chain,
+        &certs().join("mx1.example.test/privkey.pem"),
+        "",
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace(
+        &format!("trust_anchors = \"{}\"\n", certs().join("ca.pem").display()),
+        "",
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = run_bin(&["check", "--config", config.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success());
+    assert!(
+        text.contains("chain ends in a root that is not a trust anchor: O=starttls-proxy demo"),
+        "{text}"
+    );
 }

@@ -163,22 +163,38 @@ pub struct LoadContext<'a> {
     pub expiry_warning: std::time::Duration,
 }
 
+/// Reads both files of a `[[certificate]]`.
+pub fn read_files(c: &CertificateConfig) -> Result<(Vec<u8>, Vec<u8>), CertError> {
+    let chain = std::fs::read(&c.chain).map_err(|source| CertError::Read {
+        path: c.chain.clone(),
+        source,
+    })?;
+    let key = std::fs::read(&c.key).map_err(|source| CertError::Read {
+        path: c.key.clone(),
+        source,
+    })?;
+    Ok((chain, key))
+}
+
 /// Loads and checks one `[[certificate]]`.
 pub fn load_certificate(
     c: &CertificateConfig,
     cx: &LoadContext<'_>,
 ) -> Result<LoadedCert, CertError> {
-    let chain_pem = std::fs::read(&c.chain).map_err(|source| CertError::Read {
-        path: c.chain.clone(),
-        source,
-    })?;
-    let key_pem = std::fs::read(&c.key).map_err(|source| CertError::Read {
-        path: c.key.clone(),
-        source,
-    })?;
+    let (chain_pem, key_pem) = read_files(c)?;
+    load_from_pem(c, &chain_pem, &key_pem, cx)
+}
 
+/// Checks one `[[certificate]]` from the bytes of its files, so that a
+/// reloader can record exactly what it validated.
+pub fn load_from_pem(
+    c: &CertificateConfig,
+    chain_pem: &[u8],
+    key_pem: &[u8],
+    cx: &LoadContext<'_>,
+) -> Result<LoadedCert, CertError> {
     let mut chain: Vec<CertificateDer<'static>> = Vec::new();
-    for item in CertificateDer::pem_slice_iter(&chain_pem) {
+    for item in CertificateDer::pem_slice_iter(chain_pem) {
         let der = item.map_err(|e| CertError::ChainPem {
             path: c.chain.clone(),
             detail: e.to_string(),
@@ -190,13 +206,14 @@ pub fn load_certificate(
             path: c.chain.clone(),
         });
     }
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| CertError::KeyPem {
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| CertError::KeyPem {
         path: c.key.clone(),
         detail: e.to_string(),
     })?;
 
     let mut parsed: Vec<CertNames> = Vec::with_capacity(chain.len());
     let mut spkis: Vec<Vec<u8>> = Vec::with_capacity(chain.len());
+    let mut not_afters: Vec<i64> = Vec::with_capacity(chain.len());
     let mut leaf_facts = None;
     for (index, der) in chain.iter().enumerate() {
         let (_, cert) = X509Certificate::from_der(der).map_err(|e| CertError::Parse {
@@ -211,6 +228,7 @@ pub fn load_certificate(
             issuer_raw: cert.issuer().as_raw().to_vec(),
         });
         spkis.push(cert.public_key().raw.to_vec());
+        not_afters.push(cert.validity().not_after.timestamp());
         if index == 0 {
             leaf_facts = Some((
                 cert.raw_serial_as_string(),
@@ -254,12 +272,19 @@ pub fn load_certificate(
     }
     // A self-signed certificate at the end of a longer chain is the root:
     // clients have it or not, sending it only costs bytes (DESIGN.md §3).
-    let root_dropped =
-        parsed.len() > 1 && parsed.last().is_some_and(|r| r.subject_raw == r.issuer_raw);
-    if root_dropped {
+    // (Only if it issued the certificate before it: an unrelated root
+    // appended by mistake is a misordered chain, reported as such.)
+    let n = parsed.len();
+    let root_dropped = n > 1
+        && parsed[n - 1].subject_raw == parsed[n - 1].issuer_raw
+        && parsed[n - 2].issuer_raw == parsed[n - 1].subject_raw;
+    let dropped_root = if root_dropped {
         chain.pop();
-        parsed.pop();
-    }
+        not_afters.pop();
+        parsed.pop()
+    } else {
+        None
+    };
 
     if not_after < cx.now {
         return Err(CertError::Expired {
@@ -293,20 +318,38 @@ pub fn load_certificate(
         let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
             u64::try_from(cx.now).unwrap_or(0),
         ));
-        check_chain(&key.cert, &parsed, cx.anchors, now).map_err(|source| CertError::Chain {
-            path: c.chain.clone(),
-            source,
-        })?;
+        check_chain(&key.cert, &parsed, dropped_root.as_ref(), cx.anchors, now).map_err(
+            |source| CertError::Chain {
+                path: c.chain.clone(),
+                source,
+            },
+        )?;
     }
 
     let mut warnings = Vec::new();
-    let left = not_after - cx.now;
-    if left < cx.expiry_warning.as_secs() as i64 {
-        warnings.push(format!(
-            "expires in {} days ({})",
-            left / 86_400,
-            fmt_time(not_after)
-        ));
+    // The chain is as good as its first certificate to expire: an
+    // intermediate running out before the leaf is the stale-chain case.
+    let window = cx.expiry_warning.as_secs() as i64;
+    for (i, &t) in not_afters.iter().enumerate() {
+        let who = if i == 0 {
+            "the leaf".to_string()
+        } else {
+            format!("certificate {i} in the chain ({})", parsed[i].subject)
+        };
+        if t < cx.now {
+            // Only possible off the verified path (e.g. an old cross-sign):
+            // strict or old TLS stacks fail on it.
+            warnings.push(format!(
+                "{who} expired at {}; remove it from the chain file",
+                fmt_time(t)
+            ));
+        } else if t - cx.now < window {
+            warnings.push(format!(
+                "{who} expires in {} days ({})",
+                (t - cx.now) / 86_400,
+                fmt_time(t)
+            ));
+        }
     }
     if root_dropped {
         warnings.push(

@@ -10,12 +10,18 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
 use tracing::warn;
 
-/// The certificates a served chain must lead to.
+/// The certificates a served chain must lead to: roots only. An
+/// intermediate accepted as an anchor would let a leaf-only chain pass here
+/// while every strict sender, which does not have that intermediate,
+/// rejects it.
 #[derive(Debug, Default)]
 pub struct TrustAnchors {
     anchors: Vec<TrustAnchor<'static>>,
     /// Subjects (raw DER) of the anchors, to tell "incomplete" from "untrusted".
     subjects: Vec<Vec<u8>>,
+    system: usize,
+    configured: usize,
+    configured_from: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -32,8 +38,14 @@ pub enum AnchorError {
 
 impl TrustAnchors {
     /// The operating system's roots (as rustls-native-certs finds them) and
-    /// every certificate in `extra`, a PEM file.
+    /// every root in `extra`, a PEM file. Expired roots are skipped, as
+    /// OpenSSL-based senders would refuse a path ending in one; so are
+    /// certificates in `extra` that are not self-signed roots (warned).
     pub fn load(extra: Option<&Path>) -> Result<Self, AnchorError> {
+        Self::load_at(extra, crate::tls::load::now_unix())
+    }
+
+    fn load_at(extra: Option<&Path>, now: i64) -> Result<Self, AnchorError> {
         let mut t = TrustAnchors::default();
         let native = rustls_native_certs::load_native_certs();
         for e in &native.errors {
@@ -41,38 +53,67 @@ impl TrustAnchors {
         }
         for c in &native.certs {
             // A system root webpki cannot use is skipped, not fatal.
-            let _ = t.add(c);
+            if t.add(c, now).is_ok() {
+                t.system += 1;
+            }
+        }
+        if t.system == 0 {
+            warn!(
+                "no system trust anchors found (is the ca-certificates package installed?): only tls.trust_anchors can validate chains"
+            );
         }
         if let Some(path) = extra {
+            let invalid = |detail: String| AnchorError::Invalid {
+                path: path.to_path_buf(),
+                detail,
+            };
             let pem = std::fs::read(path).map_err(|source| AnchorError::Read {
                 path: path.to_path_buf(),
                 source,
             })?;
-            let mut n = 0;
+            let mut seen = 0;
             for item in CertificateDer::pem_slice_iter(&pem) {
-                let der = item.map_err(|e| AnchorError::Invalid {
-                    path: path.to_path_buf(),
-                    detail: e.to_string(),
-                })?;
-                t.add(&der).map_err(|detail| AnchorError::Invalid {
-                    path: path.to_path_buf(),
-                    detail,
-                })?;
-                n += 1;
+                let der = item.map_err(|e| invalid(e.to_string()))?;
+                seen += 1;
+                match t.add(&der, now) {
+                    Ok(()) => t.configured += 1,
+                    Err(why) => {
+                        warn!(file = %path.display(), certificate = seen, "{why}; not used as a trust anchor")
+                    }
+                }
             }
-            if n == 0 {
-                return Err(AnchorError::Invalid {
-                    path: path.to_path_buf(),
-                    detail: "no CERTIFICATE in the file".into(),
-                });
+            if seen == 0 {
+                return Err(invalid("no CERTIFICATE in the file".into()));
             }
+            if t.configured == 0 {
+                return Err(invalid(
+                    "no usable root in the file: trust anchors must be self-signed, current CA certificates".into(),
+                ));
+            }
+            t.configured_from = Some(path.to_path_buf());
         }
         Ok(t)
     }
 
-    fn add(&mut self, der: &CertificateDer<'_>) -> Result<(), String> {
+    fn add(&mut self, der: &CertificateDer<'_>, now: i64) -> Result<(), String> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(|e| format!("cannot be parsed: {e}"))?;
+        let subject = cert.subject().to_string();
+        if cert.subject().as_raw() != cert.issuer().as_raw() {
+            return Err(format!(
+                "{subject} is not a root (issued by {}): serve intermediates in the chain file instead",
+                cert.issuer()
+            ));
+        }
+        if cert.validity().not_after.timestamp() < now {
+            return Err(format!(
+                "{subject} expired at {}",
+                cert.validity().not_after
+            ));
+        }
         let anchor = webpki::anchor_from_trusted_cert(der)
-            .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+            .map_err(|e| format!("{subject}: not a usable CA certificate: {e}"))?;
         self.subjects.push(anchor.subject.as_ref().to_vec());
         self.anchors.push(anchor.to_owned());
         Ok(())
@@ -84,6 +125,19 @@ impl TrustAnchors {
 
     pub fn is_empty(&self) -> bool {
         self.anchors.is_empty()
+    }
+
+    /// "151 system roots + 1 from /etc/…/ca.pem", for messages and `check`.
+    pub fn describe(&self) -> String {
+        match &self.configured_from {
+            Some(p) => format!(
+                "{} system roots + {} from {}",
+                self.system,
+                self.configured,
+                p.display()
+            ),
+            None => format!("{} system roots", self.system),
+        }
     }
 
     fn has_subject(&self, raw: &[u8]) -> bool {
@@ -107,7 +161,7 @@ pub struct CertNames {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
     #[error(
-        "chain misordered: certificate {index} ({subject}) is not the issuer of certificate {prev} ({issuer}); put the leaf first, then each issuer in turn",
+        "chain misordered: certificate {index} ({subject}) did not issue certificate {prev}, which is issued by {issuer}; put the leaf first, then each issuer in turn",
         prev = index - 1
     )]
     Misordered {
@@ -115,6 +169,10 @@ pub enum ChainError {
         subject: String,
         issuer: String,
     },
+    #[error(
+        "chain ends in a root that is not a trust anchor: {root} (a root in the file is not served and does not make a chain trusted; add it to tls.trust_anchors if this is your private CA)"
+    )]
+    UntrustedRoot { root: String },
     #[error(
         "chain incomplete: the issuer of the last certificate ({issuer}) is neither in the file nor a trust anchor; \
          an intermediate is missing (cert.pem instead of fullchain.pem?) — or add its CA to trust_anchors"
@@ -130,7 +188,9 @@ pub enum ChainError {
         "a certificate in the chain is not valid now (an intermediate expired or not yet valid): {detail}"
     )]
     IntermediateNotValid { detail: String },
-    #[error("the leaf may not be used by a TLS server (its extendedKeyUsage lacks serverAuth)")]
+    #[error(
+        "a certificate on the path may not be used for a TLS server (its extendedKeyUsage lacks serverAuth)"
+    )]
     NotForServers,
 }
 
@@ -139,6 +199,7 @@ pub enum ChainError {
 pub fn check_chain(
     chain: &[CertificateDer<'static>],
     names: &[CertNames],
+    dropped_root: Option<&CertNames>,
     anchors: &TrustAnchors,
     now: UnixTime,
 ) -> Result<(), ChainError> {
@@ -173,6 +234,13 @@ pub fn check_chain(
         Err(webpki::Error::UnknownIssuer) => {
             let last = names.last();
             match last {
+                // The file's own root was dropped and is no anchor: a
+                // private CA not configured, not a missing intermediate.
+                Some(l) if dropped_root.is_some_and(|r| r.subject_raw == l.issuer_raw) => {
+                    Err(ChainError::UntrustedRoot {
+                        root: l.issuer.clone(),
+                    })
+                }
                 Some(l) if !anchors.has_subject(&l.issuer_raw) => Err(ChainError::Incomplete {
                     issuer: l.issuer.clone(),
                 }),

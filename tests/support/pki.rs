@@ -158,3 +158,67 @@ pub fn serial_of(der: &[u8]) -> String {
     let (_, c) = x509_parser::certificate::X509Certificate::from_der(der).unwrap();
     c.raw_serial_as_string()
 }
+
+/// A new intermediate CA signed by the demo root, valid between the dates.
+pub fn intermediate_valid(
+    not_before: (i32, u8, u8),
+    not_after: (i32, u8, u8),
+) -> (Issuer<'static, KeyPair>, String) {
+    let root_pem = std::fs::read_to_string(certs().join("ca.pem")).unwrap();
+    let root_key =
+        KeyPair::from_pem(&std::fs::read_to_string(certs().join("ca-keys/root-ca.key")).unwrap())
+            .unwrap();
+    let root = Issuer::from_ca_cert_pem(&root_pem, root_key).unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(DnType::CommonName, "starttls-proxy test Intermediate 2");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
+    ca.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    ca.use_authority_key_identifier_extension = true;
+    let key = KeyPair::generate().unwrap();
+    let cert = ca.signed_by(&key, &root).unwrap();
+    (Issuer::new(ca, key), cert.pem())
+}
+
+/// A leaf issued by `issuer` (whose certificate is `issuer_pem`), with
+/// `eku` as its extended key usages (empty: none) and `names` as DNS SANs
+/// (empty: none, CN only).
+pub fn leaf_by(
+    issuer: &Issuer<'static, KeyPair>,
+    issuer_pem: &str,
+    names: &[&str],
+    eku: Vec<ExtendedKeyUsagePurpose>,
+) -> Leaf {
+    let (mut params, serial) = leaf_params(&["placeholder.test"], (2020, 1, 1), (2090, 1, 1));
+    params.subject_alt_names = names
+        .iter()
+        .map(|n| rcgen::SanType::DnsName((*n).try_into().unwrap()))
+        .collect();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(
+        DnType::CommonName,
+        names.first().copied().unwrap_or("mx1.example.test"),
+    );
+    params.extended_key_usages = eku;
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, issuer).unwrap();
+    Leaf {
+        leaf_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        intermediates_pem: issuer_pem.to_string(),
+        serial: serial_text(serial),
+    }
+}
+
+/// The demo intermediate as an issuer, with its PEM.
+pub fn demo_intermediate() -> (Issuer<'static, KeyPair>, String) {
+    (
+        intermediate(),
+        std::fs::read_to_string(certs().join("intermediate.pem")).unwrap(),
+    )
+}
