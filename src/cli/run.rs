@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::listener::{self, ConnectionTable};
 use crate::session::ListenerContext;
 use crate::telemetry;
-use crate::tls::reload::{Reloader, forward_hangups};
+use crate::tls::reload::{self, Reloader, forward_hangups};
 use crate::tls::{CertStore, TlsTerminator};
 
 pub fn main(path: &std::path::Path) -> ExitCode {
@@ -38,6 +38,10 @@ pub fn main(path: &std::path::Path) -> ExitCode {
 }
 
 async fn run(config: Config) -> ExitCode {
+    // First thing: a SIGHUP during start-up (systemctl reload right after
+    // start) is queued for the reloader instead of killing the process.
+    let reload_channel = reload::channel();
+    forward_hangups(reload_channel.0.clone());
     let loaded = CertStore::load_anchors(&config).and_then(|anchors| {
         let store = CertStore::load(&config, &anchors)?;
         Ok((anchors, store))
@@ -74,9 +78,13 @@ async fn run(config: Config) -> ExitCode {
         warn!("[metrics] is set but the metrics endpoint is not implemented in this version yet");
     }
     let config = Arc::new(config);
-    let reloader = Reloader::new(config.clone(), tls.clone(), anchors);
-    forward_hangups(reloader.requests());
-    tokio::spawn(reloader.run());
+    let reloader = Reloader::new(config.clone(), tls.clone(), anchors, reload_channel);
+    let task = tokio::spawn(reloader.run());
+    tokio::spawn(async move {
+        if let Err(e) = task.await {
+            error!(error = %e, "the certificate reload task died: certificates no longer reload; restart the proxy");
+        }
+    });
 
     let mut backends = Vec::new();
     for b in &config.backends {

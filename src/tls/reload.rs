@@ -1,22 +1,25 @@
 //! Certificate hot reload: files watched (notify) and polled, changes
 //! debounced, each certificate validated on its own, the store swapped in
 //! one step. A certificate that fails keeps its last good version — one bad
-//! file never takes the others down — and established sessions keep what
-//! they negotiated. `SIGHUP` re-reads the whole config as well.
+//! file never takes the others down — and is retried on every poll, so a
+//! rotation refused for a reason that passes (a notBefore a few seconds
+//! ahead) is still taken. Established sessions keep what they negotiated.
+//! `SIGHUP` re-reads the whole config as well.
 //!
 //! The watcher's callback only asks for a reload; all the work happens in
 //! the reload task (Vector's `config/watcher.rs` is the model).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use notify::Watcher;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use super::acceptor::TlsTerminator;
-use super::load::{LoadContext, LoadedCert, fmt_time, load_certificate, now_unix};
+use super::load::{LoadContext, LoadedCert, fmt_time, load_from_pem, now_unix, read_files};
 use super::store::CertStore;
 use super::validate::TrustAnchors;
 use crate::config::{CertificateConfig, Config};
@@ -24,7 +27,7 @@ use crate::config::{CertificateConfig, Config};
 /// Why the reload task wakes up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReloadRequest {
-    /// Something changed in a watched directory.
+    /// Something changed that concerns a certificate file.
     Files,
     /// SIGHUP: re-read the config file too.
     Hangup,
@@ -54,9 +57,18 @@ struct Tracked {
     config: CertificateConfig,
     /// What is served now.
     good: Arc<LoadedCert>,
-    /// The file contents last looked at (good or not), to notice changes.
+    /// The file contents last validated (good or not).
     seen: Option<(Vec<u8>, Vec<u8>)>,
+    /// The last attempt failed: try again on the next poll even if the
+    /// files did not change (time passes, anchors change).
+    retry: bool,
+    /// When its coming expiry was last warned about.
+    expiry_warned: Option<Instant>,
 }
+
+/// Paths whose changes concern the certificates; shared with the watcher
+/// callback, which filters events with it.
+type Interesting = Arc<RwLock<HashSet<PathBuf>>>;
 
 /// Owns the reload state; runs as one task.
 pub struct Reloader {
@@ -64,7 +76,7 @@ pub struct Reloader {
     terminator: TlsTerminator,
     anchors: TrustAnchors,
     certs: Vec<Tracked>,
-    watched: HashSet<PathBuf>,
+    interesting: Interesting,
     watcher: Option<notify::RecommendedWatcher>,
     tx: mpsc::Sender<ReloadRequest>,
     rx: mpsc::Receiver<ReloadRequest>,
@@ -78,13 +90,27 @@ impl std::fmt::Debug for Reloader {
     }
 }
 
-fn read_pair(c: &CertificateConfig) -> Option<(Vec<u8>, Vec<u8>)> {
-    Some((std::fs::read(&c.chain).ok()?, std::fs::read(&c.key).ok()?))
+/// The request channel, created before anything is loaded so that a SIGHUP
+/// arriving during start-up is queued, not fatal.
+pub fn channel() -> (mpsc::Sender<ReloadRequest>, mpsc::Receiver<ReloadRequest>) {
+    mpsc::channel(64)
 }
 
+/// Longest a burst of events may postpone a reload, in debounce periods.
+const MAX_DEBOUNCE_PERIODS: u32 = 10;
+/// Coming expiry of a served certificate is warned about once a day.
+const EXPIRY_WARNING_EVERY: Duration = Duration::from_secs(24 * 3600);
+
 impl Reloader {
-    /// `store` holds exactly the certificates of `config`, in order.
-    pub fn new(config: Arc<Config>, terminator: TlsTerminator, anchors: TrustAnchors) -> Self {
+    /// `terminator`'s store holds exactly the certificates of `config`, in
+    /// order. The first `run` step re-reads every file, so a change between
+    /// the initial load and now is not lost.
+    pub fn new(
+        config: Arc<Config>,
+        terminator: TlsTerminator,
+        anchors: TrustAnchors,
+        (tx, rx): (mpsc::Sender<ReloadRequest>, mpsc::Receiver<ReloadRequest>),
+    ) -> Self {
         let store = terminator.store();
         let certs = config
             .certificates
@@ -93,84 +119,114 @@ impl Reloader {
             .map(|(c, good)| Tracked {
                 config: c.clone(),
                 good: good.clone(),
-                seen: read_pair(c),
+                seen: None,
+                retry: false,
+                expiry_warned: None,
             })
             .collect();
-        let (tx, rx) = mpsc::channel(64);
         let mut r = Self {
             config,
             terminator,
             anchors,
             certs,
-            watched: HashSet::new(),
+            interesting: Arc::default(),
             watcher: None,
             tx,
             rx,
         };
-        if r.config.reload.events {
-            r.start_watcher();
-        }
+        r.rewatch();
         r
     }
 
-    /// A handle to ask for reloads (SIGHUP).
-    pub fn requests(&self) -> mpsc::Sender<ReloadRequest> {
-        self.tx.clone()
-    }
-
-    fn start_watcher(&mut self) {
+    /// Recreates the watcher on the directories that matter now. Done after
+    /// every reload: directories deleted and recreated, or swapped by a
+    /// rename, lose their inotify watch, and symlinks move.
+    fn rewatch(&mut self) {
+        let (dirs, files) = self.paths_of_interest();
+        if let Ok(mut set) = self.interesting.write() {
+            *set = files;
+        }
+        if !self.config.reload.events {
+            return;
+        }
+        self.watcher = None;
         let tx = self.tx.clone();
+        let interesting = self.interesting.clone();
         let handler = move |res: notify::Result<notify::Event>| match res {
             Ok(ev) if ev.kind.is_access() => {}
-            Ok(_) => {
-                // Full channel: a reload is already pending.
-                let _ = tx.try_send(ReloadRequest::Files);
+            Ok(ev) => {
+                let relevant = interesting
+                    .read()
+                    .map(|set| ev.paths.iter().any(|p| set.contains(p)))
+                    .unwrap_or(true);
+                if relevant {
+                    // Full channel: a reload is already pending.
+                    let _ = tx.try_send(ReloadRequest::Files);
+                }
             }
             Err(e) => warn!(error = %e, "certificate watcher error; the poll still runs"),
         };
-        match notify::recommended_watcher(handler) {
-            Ok(w) => {
-                self.watcher = Some(w);
-                self.watch_directories();
+        let mut w = match notify::recommended_watcher(handler) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "cannot watch certificate files; relying on the poll");
+                return;
             }
-            Err(e) => warn!(error = %e, "cannot watch certificate files; relying on the poll"),
+        };
+        for d in dirs {
+            if let Err(e) = w.watch(&d, notify::RecursiveMode::NonRecursive) {
+                // Gone for now (deleted, not yet recreated): its parent is
+                // watched too, and the poll runs.
+                tracing::debug!(dir = %d.display(), error = %e, "cannot watch directory");
+            }
+        }
+        self.watcher = Some(w);
+        // A change made while no watcher was listening (between the old
+        // one's drop and this one's start) would be missed until the poll:
+        // look once more now.
+        if self
+            .certs
+            .iter()
+            .any(|t| read_files(&t.config).ok() != t.seen)
+        {
+            let _ = self.tx.try_send(ReloadRequest::Files);
         }
     }
 
-    /// Watches the directory of every file, and of its symlink target
-    /// (certbot's archive/), adding directories as targets move.
-    fn watch_directories(&mut self) {
-        let Some(w) = self.watcher.as_mut() else {
-            return;
-        };
+    /// Directories to watch, and the paths whose events matter: each file,
+    /// every symlink on the way to it (k8s `..data`, a `current ->` link)
+    /// and where it finally points (certbot's archive/), and the
+    /// directories holding them, themselves seen from their parents.
+    fn paths_of_interest(&self) -> (HashSet<PathBuf>, HashSet<PathBuf>) {
         let mut dirs = HashSet::new();
+        let mut files = HashSet::new();
+        let add = |p: &Path, dirs: &mut HashSet<PathBuf>, files: &mut HashSet<PathBuf>| {
+            files.insert(p.to_path_buf());
+            if let Some(d) = parent(p) {
+                files.insert(d.clone());
+                if let Some(g) = parent(&d) {
+                    dirs.insert(g);
+                }
+                dirs.insert(d);
+            }
+        };
         for t in &self.certs {
             for p in [&t.config.chain, &t.config.key] {
-                if let Some(d) = parent(p) {
-                    dirs.insert(d);
+                add(p, &mut dirs, &mut files);
+                for link in symlinks_on_the_way(p) {
+                    add(&link, &mut dirs, &mut files);
                 }
-                if let Some(d) = std::fs::canonicalize(p).ok().as_deref().and_then(parent) {
-                    dirs.insert(d);
-                }
-            }
-        }
-        for d in dirs {
-            if self.watched.contains(&d) {
-                continue;
-            }
-            match w.watch(&d, notify::RecursiveMode::NonRecursive) {
-                Ok(()) => {
-                    self.watched.insert(d);
-                }
-                Err(e) => {
-                    warn!(dir = %d.display(), error = %e, "cannot watch directory; relying on the poll")
+                if let Ok(target) = std::fs::canonicalize(p) {
+                    add(&target, &mut dirs, &mut files);
                 }
             }
         }
+        (dirs, files)
     }
 
     /// Runs until the request channel closes (never, in practice).
     pub async fn run(mut self) {
+        tokio::task::block_in_place(|| self.reload_certificates());
         let mut poll = tokio::time::interval(self.config.reload.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         poll.tick().await;
@@ -180,19 +236,18 @@ impl Reloader {
                     Some(r) => r,
                     None => return,
                 },
-                                _ = poll.tick() => {
-                    // File reads and PEM/X.509 work block: let the runtime
-                    // move other tasks off this worker meanwhile.
-                    tokio::task::block_in_place(|| {
-                        if self.certs.iter().any(|t| read_pair(&t.config) != t.seen) {
-                            info!("certificate files changed (poll)");
-                            self.reload_certificates();
-                        }
-                    });
+                _ = poll.tick() => {
+                    self.on_poll().await;
                     continue;
                 }
             };
-            let hangup = self.debounce(first).await;
+            let hangup = if first == ReloadRequest::Hangup {
+                true
+            } else {
+                self.debounce().await
+            };
+            // File reads and X.509 work block: let the runtime move other
+            // tasks off this worker meanwhile.
             tokio::task::block_in_place(|| {
                 if hangup {
                     self.reload_config();
@@ -203,21 +258,57 @@ impl Reloader {
         }
     }
 
-    /// Waits until no request came for `debounce`, so a half-written file is
-    /// not loaded; returns whether a SIGHUP was among the requests.
-    async fn debounce(&mut self, first: ReloadRequest) -> bool {
-        let mut hangup = first == ReloadRequest::Hangup;
+    /// The poll: files whose bytes changed (read twice, `debounce` apart,
+    /// so a file being written over NFS is not taken half-written),
+    /// certificates whose last attempt failed, and coming expiries.
+    async fn on_poll(&mut self) {
+        let changed = tokio::task::block_in_place(|| {
+            self.certs
+                .iter()
+                .any(|t| t.retry || read_files(&t.config).ok() != t.seen)
+        });
+        if changed {
+            tokio::time::sleep(self.config.reload.debounce).await;
+            info!("certificate files changed or pending retry (poll)");
+            tokio::task::block_in_place(|| self.reload_certificates());
+        }
+        self.warn_expiring();
+    }
+
+    /// Waits until no request came for `debounce` (at most
+    /// `MAX_DEBOUNCE_PERIODS` of them: a busy neighbour file must not
+    /// postpone reloads forever); returns whether a SIGHUP came meanwhile.
+    async fn debounce(&mut self) -> bool {
         let quiet = self.config.reload.debounce;
+        let give_up = tokio::time::Instant::now() + quiet * MAX_DEBOUNCE_PERIODS;
         loop {
-            match tokio::time::timeout(quiet, self.rx.recv()).await {
-                Ok(Some(r)) => hangup |= r == ReloadRequest::Hangup,
-                Ok(None) | Err(_) => return hangup,
+            let until = (tokio::time::Instant::now() + quiet).min(give_up);
+            match tokio::time::timeout_at(until, self.rx.recv()).await {
+                Ok(Some(ReloadRequest::Hangup)) => return true,
+                Ok(Some(ReloadRequest::Files)) if tokio::time::Instant::now() < give_up => {}
+                _ => return false,
             }
         }
     }
 
-    /// Reloads every certificate whose files changed; swaps the store if
-    /// any did. Returns the result per certificate.
+    fn warn_expiring(&mut self) {
+        let now = now_unix();
+        let window = self.config.tls.expiry_warning.as_secs() as i64;
+        for t in &mut self.certs {
+            let left = t.good.not_after - now;
+            if left < window
+                && t.expiry_warned
+                    .is_none_or(|w| w.elapsed() >= EXPIRY_WARNING_EVERY)
+            {
+                warn!(certificate = %t.config.name, not_after = %fmt_time(t.good.not_after), days_left = left / 86_400, "served certificate expires soon");
+                t.expiry_warned = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Reloads every certificate whose files changed or whose last attempt
+    /// failed; swaps the store if any changed and the new set is
+    /// consistent. Returns the result per certificate.
     pub fn reload_certificates(&mut self) -> Vec<ReloadResult> {
         let cx = LoadContext {
             anchors: &self.anchors,
@@ -225,62 +316,93 @@ impl Reloader {
             expiry_warning: self.config.tls.expiry_warning,
         };
         let mut results = Vec::with_capacity(self.certs.len());
+        let mut candidates: Vec<Option<Arc<LoadedCert>>> = Vec::with_capacity(self.certs.len());
         for t in &mut self.certs {
-            let now_seen = read_pair(&t.config);
-            if now_seen.is_some() && now_seen == t.seen {
+            let bytes = match read_files(&t.config) {
+                Ok(b) => b,
+                Err(e) => {
+                    if !t.retry {
+                        error!(certificate = %t.config.name, error = %e, serving_serial = %t.good.serial, "certificate reload failed; keeping the last good version");
+                    }
+                    t.retry = true;
+                    t.seen = None;
+                    results.push(ReloadResult::Failure);
+                    candidates.push(None);
+                    continue;
+                }
+            };
+            if t.seen.as_ref() == Some(&bytes) && !t.retry {
                 results.push(ReloadResult::Unchanged);
+                candidates.push(None);
                 continue;
             }
-            t.seen = now_seen;
-            match load_certificate(&t.config, &cx) {
+            let was_retry = t.retry && t.seen.as_ref() == Some(&bytes);
+            let outcome = load_from_pem(&t.config, &bytes.0, &bytes.1, &cx);
+            t.seen = Some(bytes);
+            match outcome {
                 Ok(l) if l.key.cert == t.good.key.cert && l.serial == t.good.serial => {
+                    t.retry = false;
                     results.push(ReloadResult::Unchanged);
+                    candidates.push(None);
                 }
                 Ok(l) => {
-                    info!(
-                        certificate = %t.config.name,
-                        serial = %l.serial,
-                        previous_serial = %t.good.serial,
-                        not_after = %fmt_time(l.not_after),
-                        "certificate reloaded"
-                    );
-                    for w in &l.warnings {
-                        warn!(certificate = %t.config.name, "{w}");
-                    }
-                    t.good = Arc::new(l);
+                    t.retry = false;
                     results.push(ReloadResult::Success);
+                    candidates.push(Some(Arc::new(l)));
                 }
                 Err(e) => {
-                    error!(
-                        certificate = %t.config.name,
-                        error = %e,
-                        serving_serial = %t.good.serial,
-                        "certificate reload failed; keeping the last good version"
-                    );
+                    // A retry of the same bytes failing the same way is not
+                    // news: logged once per content.
+                    if !was_retry {
+                        error!(certificate = %t.config.name, error = %e, serving_serial = %t.good.serial, "certificate reload failed; keeping the last good version");
+                    }
+                    t.retry = true;
                     results.push(ReloadResult::Failure);
+                    candidates.push(None);
                 }
             }
         }
-        if results.contains(&ReloadResult::Success) {
-            self.publish();
+        if candidates.iter().any(Option::is_some) {
+            // Build the new set aside; commit only if it is consistent, so
+            // a rotation that clashes with another certificate cannot block
+            // later rotations of the others.
+            let set: Vec<Arc<LoadedCert>> = self
+                .certs
+                .iter()
+                .zip(&candidates)
+                .map(|(t, c)| c.clone().unwrap_or_else(|| t.good.clone()))
+                .collect();
+            match CertStore::new(set, self.config.tls.default_certificate) {
+                Ok(store) => {
+                    for ((t, c), r) in self.certs.iter_mut().zip(candidates).zip(&results) {
+                        if let (Some(l), ReloadResult::Success) = (c, r) {
+                            info!(certificate = %t.config.name, serial = %l.serial, previous_serial = %t.good.serial, not_after = %fmt_time(l.not_after), "certificate reloaded");
+                            for w in &l.warnings {
+                                warn!(certificate = %t.config.name, "{w}");
+                            }
+                            t.good = l;
+                        }
+                    }
+                    self.terminator.swap_store(store);
+                }
+                Err(e) => {
+                    for ((t, c), r) in self
+                        .certs
+                        .iter_mut()
+                        .zip(&candidates)
+                        .zip(results.iter_mut())
+                    {
+                        if c.is_some() {
+                            error!(certificate = %t.config.name, error = %e, serving_serial = %t.good.serial, "certificate reload failed; keeping the last good version");
+                            t.retry = true;
+                            *r = ReloadResult::Failure;
+                        }
+                    }
+                }
+            }
         }
-        self.watch_directories();
+        self.rewatch();
         results
-    }
-
-    /// Builds a store from the good certificates and swaps it in.
-    fn publish(&mut self) -> bool {
-        let good: Vec<Arc<LoadedCert>> = self.certs.iter().map(|t| t.good.clone()).collect();
-        match CertStore::new(good, self.config.tls.default_certificate) {
-            Ok(store) => {
-                self.terminator.swap_store(store);
-                true
-            }
-            Err(e) => {
-                error!(error = %e, "new certificates conflict; still serving the previous set");
-                false
-            }
-        }
     }
 
     /// SIGHUP: re-reads the config file; applies certificates and TLS
@@ -301,10 +423,7 @@ impl Reloader {
         };
         let needs_restart = restart_only_changes(&self.config, &new);
         if !needs_restart.is_empty() {
-            warn!(
-                changed = %needs_restart.join(", "),
-                "these settings changed but only take effect after a restart"
-            );
+            warn!(changed = %needs_restart.join(", "), "these settings changed but only take effect after a restart");
         }
         let anchors = match CertStore::load_anchors(&new) {
             Ok(a) => a,
@@ -320,19 +439,41 @@ impl Reloader {
         };
         let mut certs = Vec::with_capacity(new.certificates.len());
         for c in &new.certificates {
-            let previous = self.certs.iter().find(|t| t.config.name == c.name);
-            match (load_certificate(c, &cx), previous) {
+            // The same certificate under a new name, or new files under the
+            // same name, keeps its last good version if the files are bad.
+            let previous = self
+                .certs
+                .iter()
+                .find(|t| t.config.name == c.name)
+                .or_else(|| {
+                    self.certs
+                        .iter()
+                        .find(|t| t.config.chain == c.chain && t.config.key == c.key)
+                });
+            let bytes = read_files(c);
+            let loaded = bytes
+                .as_ref()
+                .map_err(|e| e.to_string())
+                .and_then(|(chain, key)| {
+                    load_from_pem(c, chain, key, &cx).map_err(|e| e.to_string())
+                });
+            let seen = bytes.ok();
+            match (loaded, previous) {
                 (Ok(l), _) => certs.push(Tracked {
                     config: c.clone(),
                     good: Arc::new(l),
-                    seen: read_pair(c),
+                    seen,
+                    retry: false,
+                    expiry_warned: None,
                 }),
                 (Err(e), Some(p)) => {
-                    error!(certificate = %c.name, error = %e, "certificate reload failed; keeping the last good version");
+                    error!(certificate = %c.name, error = %e, serving_serial = %p.good.serial, "certificate reload failed; keeping the last good version");
                     certs.push(Tracked {
                         config: c.clone(),
                         good: p.good.clone(),
-                        seen: read_pair(c),
+                        seen,
+                        retry: true,
+                        expiry_warned: None,
                     });
                 }
                 (Err(e), None) => {
@@ -363,8 +504,11 @@ impl Reloader {
         self.terminator.swap_store(store);
         self.certs = certs;
         self.anchors = anchors;
+        // Keep the reload settings the task runs with (they need a restart).
+        let mut new = new;
+        new.reload = self.config.reload;
         self.config = Arc::new(new);
-        self.watch_directories();
+        self.rewatch();
         info!(certificates = self.certs.len(), "config reloaded");
     }
 }
@@ -376,6 +520,41 @@ fn parent(p: &Path) -> Option<PathBuf> {
     } else {
         d.to_path_buf()
     })
+}
+
+/// Every symlink met while resolving `p`, following links in links
+/// (bounded), e.g. `…/tls.crt` and `…/..data` for a Kubernetes secret.
+fn symlinks_on_the_way(p: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![p.to_path_buf()];
+    while let Some(path) = todo.pop() {
+        if out.len() > 32 {
+            break;
+        }
+        let mut prefix = PathBuf::new();
+        for comp in path.components() {
+            prefix.push(comp);
+            let Ok(meta) = std::fs::symlink_metadata(&prefix) else {
+                break;
+            };
+            if meta.file_type().is_symlink() && !out.contains(&prefix) {
+                out.push(prefix.clone());
+                if let Ok(target) = std::fs::read_link(&prefix) {
+                    let resolved = match parent(&prefix) {
+                        Some(d) if target.is_relative() => d.join(&target),
+                        _ => target,
+                    };
+                    let rest: PathBuf = path
+                        .strip_prefix(&prefix)
+                        .map(Path::to_path_buf)
+                        .unwrap_or_default();
+                    todo.push(resolved.join(rest));
+                }
+                break;
+            }
+        }
+    }
+    out
 }
 
 /// Settings a reload cannot apply to a running proxy.
