@@ -178,6 +178,8 @@ fn poll_finds_changes_when_events_are_off() {
         &[("rot", &chain, &key)],
         "events = false\ndebounce = \"100ms\"\npoll_interval = \"300ms\"",
     ));
+    // Written after the reloader's first look, so only the poll can see it.
+    proxy.wait_log("certificate reloader ready", 1);
     let next = pki::leaf(&["rot.example.test"]);
     next.write_to(&dir);
     wait_serial(&proxy, "rot.example.test", &next.serial);
@@ -295,21 +297,8 @@ fn a_bad_replacement_keeps_the_last_good_certificate_and_others_still_reload() {
     wait_serial(&proxy, "a.rotate.test", &a2.serial);
 }
 
-#[test]
-fn no_handshake_fails_while_certificates_rotate() {
-    let tmp = tempdir();
-    let dir = tmp.path().join("rot");
-    let versions = [
-        pki::leaf(&["rot.example.test"]),
-        pki::leaf(&["rot.example.test"]),
-    ];
-    versions[0].write_to(&dir);
-    let (chain, key) = files(&dir);
-    let proxy = Arc::new(Proxy::start(config(
-        &[("rot", &chain, &key)],
-        "debounce = \"50ms\"\npoll_interval = \"7d\"",
-    )));
-
+/// 20 clients handshake in a loop while `swap` runs; none may fail.
+fn handshakes_never_fail_while(proxy: &Arc<Proxy>, swap: impl FnOnce()) -> usize {
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..20)
@@ -333,12 +322,7 @@ fn no_handshake_fails_while_certificates_rotate() {
             })
         })
         .collect();
-
-    for i in 1..=50 {
-        let v = &versions[i % 2];
-        v.write_to(&dir);
-        wait_serial(&proxy, "rot.example.test", &v.serial);
-    }
+    swap();
     stop.store(true, Ordering::Relaxed);
     let failures: Vec<String> = clients
         .into_iter()
@@ -350,10 +334,212 @@ fn no_handshake_fails_while_certificates_rotate() {
         failures.len(),
         &failures[..failures.len().min(5)]
     );
+    ok.load(Ordering::Relaxed)
+}
+
+#[test]
+fn no_handshake_fails_while_certificates_rotate() {
+    let tmp = tempdir();
+    let dir = tmp.path().join("rot");
+    let versions = [
+        pki::leaf(&["rot.example.test"]),
+        pki::leaf(&["rot.example.test"]),
+    ];
+    versions[0].write_to(&dir);
+    let (chain, key) = files(&dir);
+    let proxy = Arc::new(Proxy::start(config(
+        &[("rot", &chain, &key)],
+        "debounce = \"50ms\"\npoll_interval = \"7d\"",
+    )));
+    let n = handshakes_never_fail_while(&proxy, || {
+        for i in 1..=50 {
+            let v = &versions[i % 2];
+            v.write_to(&dir);
+            wait_serial(&proxy, "rot.example.test", &v.serial);
+        }
+    });
     let reloads = proxy.logs_with("certificate reloaded").len();
     assert!(reloads >= 50, "only {reloads} reloads");
-    println!(
-        "{} handshakes during 50 rotations, none failed",
-        ok.load(Ordering::Relaxed)
+    println!("{n} handshakes during 50 rotations, none failed");
+}
+
+#[test]
+fn no_handshake_fails_during_unsynchronised_in_place_rewrites() {
+    // Files rewritten in place, chain and key one after the other, as fast
+    // as possible: the reloader sees half-written files and mismatched
+    // pairs, refuses them, and clients only ever get a whole, valid chain.
+    let tmp = tempdir();
+    let dir = tmp.path().join("rot");
+    let versions = [
+        pki::leaf(&["rot.example.test"]),
+        pki::leaf(&["rot.example.test"]),
+    ];
+    versions[0].write_to(&dir);
+    let (chain, key) = files(&dir);
+    let proxy = Arc::new(Proxy::start(config(
+        &[("rot", &chain, &key)],
+        "debounce = \"10ms\"\npoll_interval = \"7d\"",
+    )));
+    handshakes_never_fail_while(&proxy, || {
+        for i in 1..=50 {
+            let v = &versions[i % 2];
+            std::fs::write(&chain, v.fullchain()).unwrap();
+            std::fs::write(&key, &v.key_pem).unwrap();
+        }
+    });
+    // It settles on the last version written.
+    wait_serial(&proxy, "rot.example.test", &versions[0].serial);
+}
+
+#[test]
+fn a_clashing_rotation_is_refused_and_does_not_block_the_others() {
+    let tmp = tempdir();
+    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
+    let a1 = pki::leaf(&["a.rotate.test"]);
+    a1.write_to(&a_dir);
+    pki::leaf(&["b.rotate.test"]).write_to(&b_dir);
+    let (ac, ak) = files(&a_dir);
+    let (bc, bk) = files(&b_dir);
+    let proxy = Proxy::start(config(&[("a", &ac, &ak), ("b", &bc, &bk)], EVENTS));
+    // a now also claims b's name with the same key type: refused.
+    pki::leaf(&["a.rotate.test", "b.rotate.test"]).write_to(&a_dir);
+    let ev = proxy.wait_log(
+        "certificate reload failed; keeping the last good version",
+        1,
     );
+    assert_eq!(ev["certificate"], "a");
+    assert!(
+        ev["error"].as_str().unwrap().contains("covered by two"),
+        "{ev}"
+    );
+    assert_eq!(served_serial(&proxy, "a.rotate.test"), a1.serial);
+    // b still rotates.
+    let b2 = pki::leaf(&["b.rotate.test"]);
+    b2.write_to(&b_dir);
+    wait_serial(&proxy, "b.rotate.test", &b2.serial);
+}
+
+#[test]
+fn a_rotation_refused_as_not_yet_valid_is_taken_once_it_is() {
+    let tmp = tempdir();
+    let dir = tmp.path().join("rot");
+    pki::leaf(&["rot.example.test"]).write_to(&dir);
+    let (chain, key) = files(&dir);
+    let proxy = Proxy::start(config(
+        &[("rot", &chain, &key)],
+        "debounce = \"100ms\"\npoll_interval = \"500ms\"",
+    ));
+    // Issued by a CA whose clock is 3 s ahead.
+    let early = pki::leaf_not_before_in(&["rot.example.test"], 3);
+    early.write_to(&dir);
+    let ev = proxy.wait_log(
+        "certificate reload failed; keeping the last good version",
+        1,
+    );
+    assert!(
+        ev["error"].as_str().unwrap().contains("not valid before"),
+        "{ev}"
+    );
+    // Nothing changes on disk; the retry on the poll takes it when due.
+    wait_serial(&proxy, "rot.example.test", &early.serial);
+}
+
+#[test]
+fn a_directory_deleted_and_recreated_is_still_watched() {
+    let tmp = tempdir();
+    let dir = tmp.path().join("rot");
+    pki::leaf(&["rot.example.test"]).write_to(&dir);
+    let (chain, key) = files(&dir);
+    let proxy = Proxy::start(config(&[("rot", &chain, &key)], EVENTS));
+    for _ in 0..2 {
+        std::fs::remove_dir_all(&dir).unwrap();
+        let next = pki::leaf(&["rot.example.test"]);
+        next.write_to(&dir);
+        wait_serial(&proxy, "rot.example.test", &next.serial);
+    }
+    // And a rename inside the recreated directory still reloads.
+    let last = pki::leaf(&["rot.example.test"]);
+    last.write_to(&dir);
+    wait_serial(&proxy, "rot.example.test", &last.serial);
+}
+
+#[test]
+fn a_symlink_in_the_middle_of_the_path_is_followed() {
+    // chain = base/current/fullchain.pem with current -> rel1, then -> rel2.
+    let tmp = tempdir();
+    let base = tmp.path().join("base");
+    let first = pki::leaf(&["rot.example.test"]);
+    first.write_to(&base.join("rel1"));
+    symlink("rel1", base.join("current")).unwrap();
+    let (chain, key) = files(&base.join("current"));
+    let proxy = Proxy::start(config(&[("rot", &chain, &key)], EVENTS));
+    assert_eq!(served_serial(&proxy, "rot.example.test"), first.serial);
+    let second = pki::leaf(&["rot.example.test"]);
+    second.write_to(&base.join("rel2"));
+    symlink("rel2", base.join("current.new")).unwrap();
+    std::fs::rename(base.join("current.new"), base.join("current")).unwrap();
+    wait_serial(&proxy, "rot.example.test", &second.serial);
+}
+
+#[test]
+fn a_file_written_in_two_steps_within_the_debounce_is_loaded_once_whole() {
+    let tmp = tempdir();
+    let dir = tmp.path().join("rot");
+    pki::leaf(&["rot.example.test"]).write_to(&dir);
+    let (chain, key) = files(&dir);
+    let proxy = Proxy::start(config(
+        &[("rot", &chain, &key)],
+        "debounce = \"1s\"\npoll_interval = \"7d\"",
+    ));
+    proxy.wait_log("certificate reloader ready", 1);
+    let next = pki::leaf(&["rot.example.test"]);
+    // Key first (atomically), then the chain written in two halves 100 ms
+    // apart, as a slow writer would: the debounce must wait for the end.
+    pki::write_atomic(&key, next.key_pem.as_bytes());
+    let full = next.fullchain();
+    let (head, tail) = full.split_at(full.len() / 2);
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&chain).unwrap();
+        f.write_all(head.as_bytes()).unwrap();
+        f.sync_all().unwrap();
+        std::thread::sleep(Duration::from_millis(100)); // the slow writer, not synchronisation
+        f.write_all(tail.as_bytes()).unwrap();
+    }
+    wait_serial(&proxy, "rot.example.test", &next.serial);
+    assert!(
+        proxy
+            .logs_with("certificate reload failed; keeping the last good version")
+            .is_empty(),
+        "a half-written file was loaded: {}",
+        proxy.all_logs()
+    );
+}
+
+#[test]
+fn sighup_keeps_a_renamed_certificate_whose_files_are_bad() {
+    let tmp = tempdir();
+    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
+    let a1 = pki::leaf(&["a.rotate.test"]);
+    a1.write_to(&a_dir);
+    pki::leaf(&["b.rotate.test"]).write_to(&b_dir);
+    let (ac, ak) = files(&a_dir);
+    let (bc, bk) = files(&b_dir);
+    let proxy = Proxy::start(config(
+        &[("a", &ac, &ak), ("b", &bc, &bk)],
+        "events = false\npoll_interval = \"7d\"",
+    ));
+    // a's files go bad, b rotates, a is renamed in the config; SIGHUP.
+    pki::leaf_valid(&["a.rotate.test"], (2020, 1, 1), (2021, 1, 1)).write_to(&a_dir);
+    let b2 = pki::leaf(&["b.rotate.test"]);
+    b2.write_to(&b_dir);
+    let path = proxy.dir.path().join("proxy.toml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("name = \"a\"", "name = \"a-renamed\"");
+    std::fs::write(&path, text).unwrap();
+    hup(&proxy);
+    proxy.wait_log("config reloaded", 1);
+    assert_eq!(served_serial(&proxy, "b.rotate.test"), b2.serial);
+    assert_eq!(served_serial(&proxy, "a.rotate.test"), a1.serial);
 }

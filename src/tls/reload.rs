@@ -227,6 +227,7 @@ impl Reloader {
     /// Runs until the request channel closes (never, in practice).
     pub async fn run(mut self) {
         tokio::task::block_in_place(|| self.reload_certificates());
+        info!(certificates = self.certs.len(), events = self.config.reload.events, poll_interval = ?self.config.reload.poll_interval, "certificate reloader ready");
         let mut poll = tokio::time::interval(self.config.reload.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         poll.tick().await;
@@ -363,46 +364,46 @@ impl Reloader {
             }
         }
         if candidates.iter().any(Option::is_some) {
-            // Build the new set aside; commit only if it is consistent, so
-            // a rotation that clashes with another certificate cannot block
-            // later rotations of the others.
-            let set: Vec<Arc<LoadedCert>> = self
-                .certs
-                .iter()
-                .zip(&candidates)
-                .map(|(t, c)| c.clone().unwrap_or_else(|| t.good.clone()))
-                .collect();
-            match CertStore::new(set, self.config.tls.default_certificate) {
-                Ok(store) => {
-                    for ((t, c), r) in self.certs.iter_mut().zip(candidates).zip(&results) {
-                        if let (Some(l), ReloadResult::Success) = (c, r) {
-                            info!(certificate = %t.config.name, serial = %l.serial, previous_serial = %t.good.serial, not_after = %fmt_time(l.not_after), "certificate reloaded");
-                            for w in &l.warnings {
-                                warn!(certificate = %t.config.name, "{w}");
-                            }
-                            t.good = l;
-                        }
-                    }
-                    self.terminator.swap_store(store);
-                }
-                Err(e) => {
-                    for ((t, c), r) in self
-                        .certs
-                        .iter_mut()
-                        .zip(&candidates)
-                        .zip(results.iter_mut())
-                    {
-                        if c.is_some() {
-                            error!(certificate = %t.config.name, error = %e, serving_serial = %t.good.serial, "certificate reload failed; keeping the last good version");
-                            t.retry = true;
-                            *r = ReloadResult::Failure;
-                        }
-                    }
-                }
-            }
+            self.commit(candidates, &mut results);
         }
         self.rewatch();
         results
+    }
+
+    /// Takes the new certificates that fit with the rest: each is tried on
+    /// top of what is accepted so far, so one that clashes (two
+    /// certificates of one key type for a name) is refused alone and cannot
+    /// block the rotations of the others. Swaps the store once.
+    fn commit(&mut self, candidates: Vec<Option<Arc<LoadedCert>>>, results: &mut [ReloadResult]) {
+        let mut accepted: Vec<Arc<LoadedCert>> =
+            self.certs.iter().map(|t| t.good.clone()).collect();
+        let mut store = None;
+        for (i, c) in candidates.into_iter().enumerate() {
+            let Some(l) = c else { continue };
+            let mut trial = accepted.clone();
+            trial[i] = l.clone();
+            match CertStore::new(trial.clone(), self.config.tls.default_certificate) {
+                Ok(s) => {
+                    let t = &mut self.certs[i];
+                    info!(certificate = %t.config.name, serial = %l.serial, previous_serial = %t.good.serial, not_after = %fmt_time(l.not_after), "certificate reloaded");
+                    for w in &l.warnings {
+                        warn!(certificate = %t.config.name, "{w}");
+                    }
+                    t.good = l;
+                    accepted = trial;
+                    store = Some(s);
+                }
+                Err(e) => {
+                    let t = &mut self.certs[i];
+                    error!(certificate = %t.config.name, error = %e, serving_serial = %t.good.serial, "certificate reload failed; keeping the last good version");
+                    t.retry = true;
+                    results[i] = ReloadResult::Failure;
+                }
+            }
+        }
+        if let Some(s) = store {
+            self.terminator.swap_store(s);
+        }
     }
 
     /// SIGHUP: re-reads the config file; applies certificates and TLS

@@ -222,3 +222,17 @@ pub fn demo_intermediate() -> (Issuer<'static, KeyPair>, String) {
         std::fs::read_to_string(certs().join("intermediate.pem")).unwrap(),
     )
 }
+
+/// A current leaf whose notBefore is `seconds` from now.
+pub fn leaf_not_before_in(names: &[&str], seconds: i64) -> Leaf {
+    let (mut params, serial) = leaf_params(names, (2020, 1, 1), (2099, 1, 1));
+    params.not_before = time::OffsetDateTime::now_utc() + time::Duration::seconds(seconds);
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &intermediate()).unwrap();
+    Leaf {
+        leaf_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        intermediates_pem: std::fs::read_to_string(certs().join("intermediate.pem")).unwrap(),
+        serial: serial_text(serial),
+    }
+}
