@@ -473,3 +473,101 @@ fn a_root_in_the_file_that_is_not_an_anchor_is_named_as_such() {
         "{text}"
     );
 }
+
+#[test]
+fn check_json_keeps_its_shape_and_reports_every_certificate_when_one_fails() {
+    let dir = tempdir();
+    let config = ProxyConfig::sink()
+        .replace(
+            "{certs}/mx.tenant2.test/fullchain.pem",
+            "{certs}/mx.tenant2.test/leaf-only.pem",
+        )
+        .text
+        .replace("{certs}", certs().to_str().unwrap())
+        .replace("{dir}", dir.path().to_str().unwrap());
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = run_bin(&["check", "--json", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "config",
+        "hostname",
+        "trust_anchors",
+        "errors",
+        "warnings",
+        "certificates",
+        "sni",
+        "no_sni",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key}: {v}");
+    }
+    let certs = v["certificates"].as_array().unwrap();
+    assert_eq!(certs.len(), 4, "{v}");
+    let tenant = certs.iter().find(|c| c["name"] == "tenant2").unwrap();
+    assert!(
+        tenant["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("chain incomplete"),
+        "{tenant}"
+    );
+    let mx1 = certs.iter().find(|c| c["name"] == "mx1").unwrap();
+    assert_eq!(mx1["errors"].as_array().unwrap().len(), 0);
+    assert_eq!(mx1["chain"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_certificate_sharing_one_name_is_not_the_default_certificates_twin() {
+    // Default mx1 (RSA); an ECDSA certificate shares mx1's first name but
+    // not hostname: ECDSA clients without SNI get it.
+    let (issuer, pem) = pki::demo_intermediate();
+    let other = pki::leaf_by(
+        &issuer,
+        &pem,
+        &["mail.example.test"],
+        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth],
+    );
+    let dir = tempdir();
+    other.write_to(&dir.path().join("other"));
+    let text = format!(
+        r#"hostname = "mx1.example.test"
+
+[[listener]]
+address = "127.0.0.1:0"
+backend = "b"
+
+[tls]
+default_certificate = "mx1"
+trust_anchors = "{certs}/ca.pem"
+
+[[certificate]]
+name = "mx1"
+chain = "{certs}/mx1.example.test/fullchain.pem"
+key = "{certs}/mx1.example.test/privkey.pem"
+
+[[certificate]]
+name = "other"
+chain = "{d}/other/fullchain.pem"
+key = "{d}/other/privkey.pem"
+
+[[backend]]
+name = "b"
+sink = "{d}/mail"
+"#,
+        certs = certs().display(),
+        d = dir.path().display()
+    );
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = run_bin(&["check", "--config", path.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    // Sharing one name does not make it mx1's twin: no-SNI clients of both
+    // kinds get mx1, which covers hostname.
+    assert!(
+        stdout.contains("without SNI: certificate \"mx1\"\n"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("does not cover hostname"), "{stdout}");
+}

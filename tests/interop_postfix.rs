@@ -156,6 +156,7 @@ fn strict_postfix_sender_still_delivers_after_a_rotation() {
     assert_eq!(code, 0, "strict sender after rotation:\n{out}");
     assert!(proxy.alive() && proxy.pid() == pid, "no restart");
     // The sender saw the new certificate: the handshake log names it.
+    proxy.wait_log("tls handshake", 1);
     let hs = proxy.logs_with("tls handshake");
     assert_eq!(hs.last().unwrap()["certificate"], "rot");
     assert_eq!(hs.last().unwrap()["serial"], next.serial);

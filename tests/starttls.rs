@@ -100,6 +100,8 @@ fn sni_chooses_the_certificate_and_the_chain_is_leaf_plus_intermediate() {
         "{out}"
     );
 
+    // Seven verified handshakes and the a.b.wild.test one.
+    proxy.wait_log("tls handshake", 8);
     let hs = proxy.logs_with("tls handshake");
     let sni_of = |i: usize| {
         (
@@ -144,6 +146,7 @@ fn ecdsa_to_clients_that_allow_it_rsa_to_the_rest() {
         ],
     );
     assert!(ok && out.contains("Peer signature type: RSA"), "{out}");
+    proxy.wait_log("tls handshake", 2);
     let hs = proxy.logs_with("tls handshake");
     assert_eq!(hs[0]["certificate"], "mx1-ecdsa");
     assert_eq!(hs[1]["certificate"], "mx1");
@@ -187,6 +190,8 @@ fn tls_1_2_and_1_3_succeed_and_1_1_is_refused_without_harm() {
             "{old}: {out}"
         );
     }
+    // The client may see the alert before the proxy's log line is out.
+    proxy.wait_log("tls handshake failed", 2);
     let failures = proxy.logs_with("tls handshake failed");
     assert_eq!(failures.len(), 2, "{}", proxy.all_logs());
     assert_eq!(failures[0]["reason"], "protocol_version", "{}", failures[0]);

@@ -11,13 +11,14 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use rustls::SignatureScheme;
 use serde_json::{Value, json};
 
-use crate::config::{Config, ConfigErrors};
+use crate::config::Config;
 use crate::tls::CertStore;
-use crate::tls::load::{fmt_time, now_unix};
+use crate::tls::load::{LoadContext, fmt_time, load_certificate, now_unix};
 use crate::tls::store::covers;
 
 /// Signature schemes of a typical ECDSA-capable and an RSA-only client.
@@ -53,49 +54,108 @@ pub fn main(path: &Path, json: bool) -> ExitCode {
     }
 }
 
-fn errors_json(path: &Path, errors: &ConfigErrors) -> Value {
+/// The report's shape, whatever failed: scripts can rely on every key.
+fn report(path: &Path) -> Value {
     json!({
         "config": path.display().to_string(),
-        "errors": errors.0.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+        "hostname": null,
+        "trust_anchors": null,
+        "errors": [],
         "warnings": [],
         "certificates": [],
+        "sni": [],
+        "no_sni": null,
     })
+}
+
+fn push(v: &mut Value, key: &str, item: Value) {
+    if let Some(a) = v[key].as_array_mut() {
+        a.push(item);
+    }
 }
 
 /// The whole report as JSON; the text output is printed from it.
 fn build(path: &Path) -> Value {
+    let mut r = report(path);
     let config = match Config::load(path) {
         Ok(c) => c,
-        Err(e) => return errors_json(path, &e),
+        Err(errors) => {
+            r["errors"] = json!(errors.0.iter().map(|e| e.to_string()).collect::<Vec<_>>());
+            return r;
+        }
     };
-    let store = match CertStore::load_anchors(&config).and_then(|a| CertStore::load(&config, &a)) {
-        Ok(s) => s,
-        Err(e) => return errors_json(path, &e),
+    r["hostname"] = json!(config.hostname);
+    let anchors = match CertStore::load_anchors(&config) {
+        Ok(a) => a,
+        Err(errors) => {
+            r["errors"] = json!(errors.0.iter().map(|e| e.to_string()).collect::<Vec<_>>());
+            return r;
+        }
     };
+    r["trust_anchors"] = json!(anchors.describe());
     let now = now_unix();
-    let mut warnings: Vec<String> = Vec::new();
-    let certificates: Vec<Value> = store
-        .certificates()
-        .iter()
-        .map(|c| {
-            for w in &c.warnings {
-                warnings.push(format!("certificate {:?}: {w}", c.name));
+    let cx = LoadContext {
+        anchors: &anchors,
+        now,
+        expiry_warning: config.tls.expiry_warning,
+    };
+    // Every certificate on its own: one bad file does not hide the others.
+    let mut loaded = Vec::new();
+    for c in &config.certificates {
+        match load_certificate(c, &cx) {
+            Ok(l) => {
+                for w in &l.warnings {
+                    push(
+                        &mut r,
+                        "warnings",
+                        json!(format!("certificate {:?}: {w}", c.name)),
+                    );
+                }
+                push(
+                    &mut r,
+                    "certificates",
+                    json!({
+                        "name": l.name,
+                        "algorithm": l.algorithm.as_str(),
+                        "names": l.names,
+                        "chain": l.chain,
+                        "issuer": l.issuer,
+                        "serial": l.serial,
+                        "not_after": fmt_time(l.not_after),
+                        "days_left": (l.not_after - now) / 86_400,
+                        "chain_check": l.chain_check.as_str(),
+                        "root_dropped": l.root_dropped,
+                        "warnings": l.warnings,
+                        "errors": [],
+                    }),
+                );
+                loaded.push(Arc::new(l));
             }
-            json!({
-                "name": c.name,
-                "algorithm": c.algorithm.as_str(),
-                "names": c.names,
-                "chain": c.chain,
-                "issuer": c.issuer,
-                "serial": c.serial,
-                "not_after": fmt_time(c.not_after),
-                "days_left": (c.not_after - now) / 86_400,
-                "chain_check": c.chain_check.as_str(),
-                "root_dropped": c.root_dropped,
-                "warnings": c.warnings,
-            })
-        })
-        .collect();
+            Err(e) => {
+                let msg = e.to_config_error(&config.path, c).to_string();
+                push(&mut r, "errors", json!(msg));
+                push(
+                    &mut r,
+                    "certificates",
+                    json!({ "name": c.name, "chain_check": c.chain_check.as_str(), "warnings": [], "errors": [msg] }),
+                );
+            }
+        }
+    }
+    if loaded.len() != config.certificates.len() {
+        return r;
+    }
+    let store = match CertStore::new(loaded, config.tls.default_certificate) {
+        Ok(s) => s,
+        Err(e) => {
+            push(
+                &mut r,
+                "errors",
+                json!(format!("{}: certificate: {e}", config.path.display())),
+            );
+            return r;
+        }
+    };
 
     let served = |sni: Option<&str>| {
         json!({
@@ -110,33 +170,38 @@ fn build(path: &Path) -> Value {
         .collect();
     names.sort();
     names.dedup();
-    let sni: Vec<Value> = names
-        .iter()
-        .map(|n| {
-            // For a wildcard, what a name under it gets.
-            let probe = n
-                .strip_prefix("*.")
-                .map_or_else(|| n.to_string(), |p| format!("any-label.{p}"));
-            json!({ "name": probe, "certificate": served(Some(&probe)) })
-        })
-        .collect();
-
-    let default = store.select(None, RSA_CLIENT);
-    if !covers(&default.cert.names, &config.hostname) {
-        warnings.push(format!(
-            "the default certificate {:?} does not cover hostname {} (senders without SNI that check the name will fail)",
-            default.cert.name, config.hostname
-        ));
+    for n in names {
+        // For a wildcard, what a name under it gets.
+        let probe = n
+            .strip_prefix("*.")
+            .map_or_else(|| n.to_string(), |p| format!("any-label.{p}"));
+        push(
+            &mut r,
+            "sni",
+            json!({ "name": probe, "certificate": served(Some(&probe)) }),
+        );
     }
-    json!({
-        "config": path.display().to_string(),
-        "hostname": config.hostname,
-        "errors": [],
-        "warnings": warnings,
-        "certificates": certificates,
-        "sni": sni,
-        "no_sni": served(None),
-    })
+    r["no_sni"] = served(None);
+
+    // A sender without SNI that checks the MX name: both kinds of client.
+    let mut uncovered: Vec<String> = Vec::new();
+    for schemes in [ECDSA_CLIENT, RSA_CLIENT] {
+        let d = store.select(None, schemes);
+        if !covers(&d.cert.names, &config.hostname) && !uncovered.contains(&d.cert.name) {
+            uncovered.push(d.cert.name.clone());
+        }
+    }
+    for name in uncovered {
+        push(
+            &mut r,
+            "warnings",
+            json!(format!(
+                "the default certificate {name:?} does not cover hostname {} (senders without SNI that check the name will fail)",
+                config.hostname
+            )),
+        );
+    }
+    r
 }
 
 fn print_text(out: &mut impl Write, r: &Value) {
@@ -151,6 +216,7 @@ fn print_text(out: &mut impl Write, r: &Value) {
     }
     let _ = writeln!(out, "config {}: ok", s(&r["config"]));
     let _ = writeln!(out, "hostname {}", s(&r["hostname"]));
+    let _ = writeln!(out, "trust anchors: {}", s(&r["trust_anchors"]));
     for c in r["certificates"].as_array().into_iter().flatten() {
         let list = |v: &Value| {
             v.as_array()

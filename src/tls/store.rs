@@ -90,14 +90,23 @@ impl CertStore {
         let Some(default_cert) = certs.get(default) else {
             return Err("default certificate index out of range".to_string());
         };
-        // The default slot: the default certificate's first name, which also
-        // holds its sibling of the other key type, if there is one.
-        let first = default_cert.names.first().cloned().unwrap_or_default();
-        let default_slot = match first.strip_prefix("*.") {
-            Some(parent) => wildcard.get(parent).cloned(),
-            None => exact.get(&first).cloned(),
+        // The default slot: the default certificate, and a certificate of
+        // another key type only if it covers every name the default does (a
+        // true ECDSA/RSA twin) — never one that merely shares a name.
+        let mut default_slot = vec![default];
+        for (i, c) in certs.iter().enumerate() {
+            let twin = i != default
+                && c.algorithm != default_cert.algorithm
+                && default_cert.names.iter().all(|n| c.names.contains(n))
+                && !default_slot
+                    .iter()
+                    .any(|&j| certs[j].algorithm == c.algorithm);
+            if twin {
+                default_slot.push(i);
+            }
         }
-        .unwrap_or(Slot(vec![default]));
+        default_slot.sort_by_key(|&j| certs[j].algorithm == KeyAlgorithm::Rsa);
+        let default_slot = Slot(default_slot);
         Ok(Self {
             certs,
             exact,
