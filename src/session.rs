@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, ClientIdentity, TlsFacts};
 use crate::config::{Limits, ListenerMode, Timeouts, TlsPolicy};
 use crate::relay::{RelaySettings, RelayStats, relay};
 use crate::smtp::codec::LineCodec;
@@ -65,14 +65,23 @@ pub async fn run(
 ) {
     let _ = tcp.set_nodelay(true);
     let session_deadline = Instant::now() + ctx.timeouts.session;
+    let local = tcp.local_addr().unwrap_or(ctx.address);
+    let who = ClientIdentity {
+        client: peer,
+        local,
+        tls: None,
+    };
     match ctx.mode {
         ListenerMode::Implicit => {
             let tls = ctx.tls.clone();
-            if let Some(stream) = handshake(&ctx, &tls, tcp, peer).await {
+            if let Some((stream, facts)) = handshake(&ctx, &tls, tcp, peer).await {
                 post_tls(
                     &ctx,
                     stream,
-                    peer,
+                    ClientIdentity {
+                        tls: Some(facts),
+                        ..who
+                    },
                     None,
                     SessionTls::Implicit,
                     session_deadline,
@@ -81,18 +90,19 @@ pub async fn run(
                 .await;
             }
         }
-        ListenerMode::Starttls => pre_tls(&ctx, tcp, peer, &mut shutdown, session_deadline).await,
+        ListenerMode::Starttls => pre_tls(&ctx, tcp, who, &mut shutdown, session_deadline).await,
     }
 }
 
 async fn pre_tls(
     ctx: &Arc<ListenerContext>,
     mut tcp: TcpStream,
-    peer: SocketAddr,
+    who: ClientIdentity,
     shutdown: &mut watch::Receiver<bool>,
     session_deadline: Instant,
 ) {
     let host = ctx.hostname.as_str();
+    let peer = who.client;
     let mut dialogue = PreTlsDialogue::new(host, ctx.tls_policy, ctx.limits.max_errors);
     let mut codec = LineCodec::new(ctx.limits.line_length);
     if write(ctx, &mut tcp, dialogue.greeting().as_bytes())
@@ -147,11 +157,14 @@ async fn pre_tls(
                     }
                     let helo = dialogue.helo_name();
                     let tls = ctx.tls.clone();
-                    if let Some(stream) = handshake(ctx, &tls, tcp, peer).await {
+                    if let Some((stream, facts)) = handshake(ctx, &tls, tcp, peer).await {
                         post_tls(
                             ctx,
                             stream,
-                            peer,
+                            ClientIdentity {
+                                tls: Some(facts),
+                                ..who
+                            },
                             helo,
                             SessionTls::Starttls,
                             session_deadline,
@@ -169,7 +182,7 @@ async fn pre_tls(
                     relay_to_backend(
                         ctx,
                         tcp,
-                        peer,
+                        who,
                         input,
                         helo,
                         helo_name,
@@ -231,7 +244,7 @@ async fn handshake<IO>(
     tls: &TlsTerminator,
     io: IO,
     peer: SocketAddr,
-) -> Option<tokio_rustls::server::TlsStream<IO>>
+) -> Option<(tokio_rustls::server::TlsStream<IO>, TlsFacts)>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -248,7 +261,12 @@ where
                 duration_ms = duration_ms(info.duration),
                 "tls handshake"
             );
-            Some(stream)
+            let facts = TlsFacts {
+                version: info.version,
+                cipher: info.cipher,
+                sni: info.sni,
+            };
+            Some((stream, facts))
         }
         Err(e) => {
             warn!(%peer, reason = e.reason(), error = %e, "tls handshake failed");
@@ -260,7 +278,7 @@ where
 async fn post_tls<IO>(
     ctx: &ListenerContext,
     stream: tokio_rustls::server::TlsStream<IO>,
-    peer: SocketAddr,
+    who: ClientIdentity,
     helo: Option<String>,
     tls: SessionTls,
     session_deadline: Instant,
@@ -271,7 +289,7 @@ async fn post_tls<IO>(
     relay_to_backend(
         ctx,
         stream,
-        peer,
+        who,
         Vec::new(),
         None,
         helo,
@@ -286,7 +304,7 @@ async fn post_tls<IO>(
 async fn relay_to_backend<C>(
     ctx: &ListenerContext,
     mut client: C,
-    peer: SocketAddr,
+    who: ClientIdentity,
     input: Vec<u8>,
     replay_helo: Option<Vec<u8>>,
     helo_name: Option<String>,
@@ -297,7 +315,8 @@ async fn relay_to_backend<C>(
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let started = std::time::Instant::now();
-    let backend = match ctx.backend.connect().await {
+    let peer = who.client;
+    let backend = match ctx.backend.connect(&who).await {
         Ok(b) => b,
         Err(e) => {
             warn!(%peer, backend = %ctx.backend.name, error = %e, "no backend server available");

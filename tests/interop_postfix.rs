@@ -161,3 +161,63 @@ fn strict_postfix_sender_still_delivers_after_a_rotation() {
     assert_eq!(hs.last().unwrap()["certificate"], "rot");
     assert_eq!(hs.last().unwrap()["serial"], next.serial);
 }
+
+/// swaks from 127.0.0.5 over STARTTLS through the proxy into a Postfix
+/// that requires a PROXY header: the message's Received line must name the
+/// real client, not the proxy.
+fn proxied_identity_reaches_postfix(identity: &str, port: u16) {
+    let backend = PostfixBackend::start(port, &[("PROXY", "1")]);
+    let config = ProxyConfig::servers(&[backend.addr()]).replace(
+        &format!("servers = [\"{}\"]", backend.addr()),
+        &format!(
+            "servers = [\"{}\"]\nidentity = \"{identity}\"",
+            backend.addr()
+        ),
+    );
+    let proxy = Proxy::start(config);
+    let subject = unique(identity);
+    let out = Command::new("swaks")
+        .args([
+            "-s",
+            &proxy.addr().ip().to_string(),
+            "-p",
+            &proxy.port().to_string(),
+        ])
+        .args([
+            "--local-interface",
+            "127.0.0.5",
+            "--tls",
+            "--ehlo",
+            "client.sender.test",
+        ])
+        .args(["--from", "sender@sender.test", "--to", "rcpt@example.test"])
+        .args([
+            "--header",
+            &format!("Subject: {subject}"),
+            "--timeout",
+            "20",
+        ])
+        .output()
+        .expect("swaks");
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{t}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let msg = backend.delivered(&subject);
+    assert!(
+        msg.contains("[127.0.0.5]"),
+        "Postfix did not see the real client:\n{msg}"
+    );
+}
+
+#[test]
+fn proxy_v2_identity_reaches_postfix() {
+    proxied_identity_reaches_postfix("proxy-v2", 14126);
+}
+
+#[test]
+fn proxy_v1_identity_reaches_postfix() {
+    proxied_identity_reaches_postfix("proxy-v1", 14127);
+}

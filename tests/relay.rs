@@ -288,3 +288,29 @@ fn replies_still_reach_a_client_that_half_closed() {
     assert_eq!(c.reply(), "250 2.1.5 Recipient ok\r\n");
     assert_eq!(c.reply(), "221 2.0.0 Bye\r\n");
 }
+
+#[test]
+fn proxy_v1_header_precedes_everything_the_backend_reads() {
+    let b = FakeBackend::start(FakeBehaviour::Normal);
+    let config = ProxyConfig::servers(&[b.addr]).replace(
+        &format!("servers = [\"{}\"]", b.addr),
+        &format!("servers = [\"{}\"]\nidentity = \"proxy-v1\"", b.addr),
+    );
+    let proxy = Proxy::start(config);
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("220");
+    c.cmd("EHLO client.test", "250");
+    c.cmd("MAIL FROM:<a@sender.test>", "250");
+    c.cmd("QUIT", "221");
+    let t = b.transcript();
+    let first = t.lines().next().unwrap();
+    assert!(
+        first.starts_with("PROXY TCP4 127.0.0.1 127.0.0.1 "),
+        "{t:?}"
+    );
+    assert!(first.ends_with(&format!(" {}", proxy.port())), "{t:?}");
+    assert!(
+        t.ends_with("EHLO client.test\r\nMAIL FROM:<a@sender.test>\r\nQUIT\r\n"),
+        "{t:?}"
+    );
+}

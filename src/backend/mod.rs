@@ -5,18 +5,20 @@
 //! garbage) moves on to the next server, and when none is left the session
 //! answers the client with a 4xx — never a 5xx (DESIGN.md §2, nothing lost).
 
+pub mod identity;
 pub mod sink;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::warn;
 
-use crate::config::{BackendConfig, BackendTarget};
+use crate::config::{BackendConfig, BackendTarget, Identity};
 use crate::smtp::reply::{BackendReply, ReplyParser};
+pub use identity::{ClientIdentity, TlsFacts};
 
 /// A byte stream to a backend (TCP, or the in-process sink).
 pub trait BackendIo: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -78,6 +80,7 @@ enum Target {
 pub struct Backend {
     pub name: String,
     target: Target,
+    identity: Identity,
     connect_timeout: Duration,
 }
 
@@ -95,12 +98,14 @@ impl Backend {
         Ok(Self {
             name: config.name.clone(),
             target,
+            identity: config.identity,
             connect_timeout,
         })
     }
 
-    /// Connects to the first server that greets positively.
-    pub async fn connect(&self) -> Result<BackendConn, BackendError> {
+    /// Connects to the first server that greets positively, telling it who
+    /// the client is as configured.
+    pub async fn connect(&self, client: &ClientIdentity) -> Result<BackendConn, BackendError> {
         let servers = match &self.target {
             Target::Sink(s) => return Ok(s.connect()),
             Target::Servers(s) => s,
@@ -109,7 +114,7 @@ impl Backend {
             backend: self.name.clone(),
         };
         for addr in servers {
-            match self.connect_one(*addr).await {
+            match self.connect_one(*addr, client).await {
                 Ok(c) => return Ok(c),
                 Err(e) => {
                     warn!(backend = %self.name, error = %e, "backend server failed, trying the next");
@@ -120,7 +125,11 @@ impl Backend {
         Err(last)
     }
 
-    async fn connect_one(&self, addr: SocketAddr) -> Result<BackendConn, BackendError> {
+    async fn connect_one(
+        &self,
+        addr: SocketAddr,
+        client: &ClientIdentity,
+    ) -> Result<BackendConn, BackendError> {
         let server = addr.to_string();
         let timeout = self.connect_timeout;
         let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
@@ -130,6 +139,18 @@ impl Backend {
         };
         let _ = tcp.set_nodelay(true);
         let mut io: Box<dyn BackendIo> = Box::new(tcp);
+        if let Some(header) = identity::proxy_header(self.identity, client) {
+            let sent = tokio::time::timeout(timeout, async {
+                io.write_all(&header).await?;
+                io.flush().await
+            })
+            .await;
+            match sent {
+                Ok(Ok(())) => {}
+                Ok(Err(source)) => return Err(BackendError::Connect { server, source }),
+                Err(_) => return Err(BackendError::ConnectTimeout { server, timeout }),
+            }
+        }
         let mut parser = ReplyParser::default();
         let greeting = tokio::time::timeout(timeout, read_reply(&mut io, &mut parser, &server))
             .await

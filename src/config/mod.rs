@@ -333,14 +333,11 @@ impl Checker<'_> {
             };
             let identity = b.identity.as_ref().map_or(Identity::None, |i| *i.get_ref());
             if let Some(id) = &b.identity {
-                if *id.get_ref() != Identity::None {
+                if *id.get_ref() == Identity::Xclient {
                     self.error(
                         id,
                         format!("{key}.identity"),
-                        format!(
-                            "{:?} is not implemented in this version yet; use \"none\"",
-                            id.get_ref().as_str()
-                        ),
+                        "\"xclient\" is not implemented in this version yet; use \"proxy-v2\", \"proxy-v1\" or \"none\"",
                     );
                 }
             }

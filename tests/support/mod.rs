@@ -608,6 +608,11 @@ fn fake_session(mut conn: TcpStream, behaviour: FakeBehaviour, rec: Arc<Mutex<Ve
             continue;
         }
         let upper = String::from_utf8_lossy(&line).to_ascii_uppercase();
+        // A PROXY v1 header gets no reply (as in Postfix with
+        // smtpd_upstream_proxy_protocol); it is recorded like the rest.
+        if upper.starts_with("PROXY ") {
+            continue;
+        }
         let reply: &[u8] = if upper.starts_with("EHLO")
             && matches!(behaviour, FakeBehaviour::RefuseEhlo)
         {
