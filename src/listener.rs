@@ -9,6 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
+use crate::proxy_protocol::{Inbound, read_header};
 use crate::session::{self, ListenerContext};
 use crate::smtp::reply;
 
@@ -119,31 +120,67 @@ pub async fn serve(
             }
         };
         let peer = canonical(peer);
-        match table.admit(
-            peer.ip(),
-            ctx.limits.max_connections,
-            ctx.limits.max_connections_per_ip,
-        ) {
-            Ok(slot) => {
-                let ctx = ctx.clone();
-                let shutdown = shutdown.clone();
-                tokio::spawn(async move {
-                    session::run(ctx, tcp, peer, shutdown).await;
-                    drop(slot);
-                });
+        let local = tcp.local_addr().unwrap_or(ctx.address);
+        let Some(pp) = ctx.proxy_protocol.clone() else {
+            start_session(&ctx, &table, tcp, peer, local, &shutdown);
+            continue;
+        };
+        // Behind a balancer: only it may speak, and what it says about the
+        // client decides the per-IP limit and what the backend is told.
+        if !pp.trusts(&peer) {
+            warn!(%peer, listener = %ctx.address, reason = "proxy_untrusted", "connection rejected: not a trusted balancer on a PROXY protocol listener");
+            continue;
+        }
+        let (ctx, table, shutdown) = (ctx.clone(), table.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut tcp = tcp;
+            match read_header(&mut tcp, pp.version, ctx.timeouts.handshake).await {
+                Ok(Inbound::Proxied { client, local }) => {
+                    start_session(&ctx, &table, tcp, canonical(client), local, &shutdown);
+                }
+                Ok(Inbound::Local) => start_session(&ctx, &table, tcp, peer, local, &shutdown),
+                Err(e) => {
+                    warn!(%peer, listener = %ctx.address, reason = "proxy_invalid", error = %e, "connection rejected: bad PROXY header");
+                }
             }
-            Err(why) => {
-                let (r, reason) = match why {
-                    Rejection::MaxConnections => (reply::TOO_MANY_CONNECTIONS, "max_connections"),
-                    Rejection::MaxConnectionsPerIp => (
-                        reply::TOO_MANY_CONNECTIONS_FROM_IP,
-                        "max_connections_per_ip",
-                    ),
-                };
-                warn!(%peer, listener = %ctx.address, reason, "connection rejected");
-                let text = r.render(&ctx.hostname);
-                tokio::spawn(reject(tcp, text));
-            }
+        });
+    }
+}
+
+/// Admits the client (limits by its address) and runs its session, or
+/// turns it away with 421.
+fn start_session(
+    ctx: &Arc<ListenerContext>,
+    table: &Arc<ConnectionTable>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    shutdown: &watch::Receiver<bool>,
+) {
+    match table.admit(
+        peer.ip(),
+        ctx.limits.max_connections,
+        ctx.limits.max_connections_per_ip,
+    ) {
+        Ok(slot) => {
+            let ctx = ctx.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                session::run(ctx, tcp, peer, local, shutdown).await;
+                drop(slot);
+            });
+        }
+        Err(why) => {
+            let (r, reason) = match why {
+                Rejection::MaxConnections => (reply::TOO_MANY_CONNECTIONS, "max_connections"),
+                Rejection::MaxConnectionsPerIp => (
+                    reply::TOO_MANY_CONNECTIONS_FROM_IP,
+                    "max_connections_per_ip",
+                ),
+            };
+            warn!(%peer, listener = %ctx.address, reason, "connection rejected");
+            let text = r.render(&ctx.hostname);
+            tokio::spawn(reject(tcp, text));
         }
     }
 }

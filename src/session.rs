@@ -36,6 +36,8 @@ pub struct ListenerContext {
     pub tls: TlsTerminator,
     pub limits: Limits,
     pub timeouts: Timeouts,
+    /// Behind an L4 balancer: its PROXY header comes first.
+    pub proxy_protocol: Option<crate::proxy_protocol::InboundProxy>,
 }
 
 /// How the session used TLS (the `sessions_total{tls}` label).
@@ -61,11 +63,11 @@ pub async fn run(
     ctx: Arc<ListenerContext>,
     tcp: TcpStream,
     peer: SocketAddr,
+    local: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
     let session_deadline = Instant::now() + ctx.timeouts.session;
-    let local = tcp.local_addr().unwrap_or(ctx.address);
     let who = ClientIdentity {
         client: peer,
         local,

@@ -125,6 +125,7 @@ async fn run(config: Config) -> ExitCode {
             tls: tls.clone(),
             limits: config.limits,
             timeouts: config.timeouts,
+            proxy_protocol: l.proxy_protocol.clone(),
         });
         tasks.push(tokio::spawn(listener::serve(
             socket,

@@ -47,6 +47,8 @@ pub struct ListenerConfig {
     pub tls: TlsPolicy,
     /// Index into [`Config::backends`].
     pub backend: usize,
+    /// Behind an L4 balancer: read its PROXY header first.
+    pub proxy_protocol: Option<crate::proxy_protocol::InboundProxy>,
 }
 
 #[derive(Debug, Clone)]
@@ -385,13 +387,29 @@ impl Checker<'_> {
                     format!("{address} is already used by another listener"),
                 );
             }
-            if let Some(pp) = &l.proxy_protocol {
-                self.error(
-                    pp,
-                    format!("{key}.proxy_protocol"),
-                    "inbound PROXY protocol is not implemented in this version yet",
-                );
-            }
+            let proxy_protocol = l.proxy_protocol.as_ref().and_then(|pp| {
+                let raw = pp.get_ref();
+                if raw.version != 1 && raw.version != 2 {
+                    self.error(pp, format!("{key}.proxy_protocol.version"), "must be 1 or 2");
+                    return None;
+                }
+                if raw.trusted.is_empty() {
+                    self.error(pp, format!("{key}.proxy_protocol.trusted"), "list the balancer's addresses or networks (a PROXY header from anyone else is refused)");
+                    return None;
+                }
+                let mut trusted = Vec::new();
+                for t in &raw.trusted {
+                    let net = t.parse::<ipnet::IpNet>().or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+                    match net {
+                        Ok(n) => trusted.push(n),
+                        Err(_) => {
+                            self.error(pp, format!("{key}.proxy_protocol.trusted"), format!("{t:?} is not an address or network (e.g. \"10.0.0.0/8\", \"2001:db8::1\")"));
+                            return None;
+                        }
+                    }
+                }
+                Some(crate::proxy_protocol::InboundProxy { version: raw.version, trusted })
+            });
             let name = l.backend.get_ref();
             let Some(&backend) = backends.get(name.as_str()) else {
                 let mut known: Vec<_> = backends.keys().map(|k| format!("{k:?}")).collect();
@@ -415,6 +433,7 @@ impl Checker<'_> {
                 mode: l.mode,
                 tls: l.tls,
                 backend,
+                proxy_protocol,
             });
         }
         out
