@@ -23,8 +23,8 @@ use crate::backend::BackendConn;
 use crate::smtp::codec::{Line, LineCodec};
 use crate::smtp::command::Command;
 use crate::smtp::data::DataScanner;
-use crate::smtp::ehlo;
 use crate::smtp::reply::{self, BackendReply, Reply};
+use crate::smtp::{ehlo, received};
 
 /// Settings for one relayed session.
 #[derive(Debug, Clone)]
@@ -40,6 +40,15 @@ pub struct RelaySettings {
     pub tls: bool,
     /// After shutdown begins, how long a transaction may still finish.
     pub shutdown_grace: Duration,
+    /// Prepend a `Received:` trace header to every message.
+    pub received: Option<ReceivedSettings>,
+}
+
+/// What the proxy's `Received:` header records besides the HELO name.
+#[derive(Debug, Clone)]
+pub struct ReceivedSettings {
+    pub client: std::net::IpAddr,
+    pub tls: Option<crate::backend::TlsFacts>,
 }
 
 /// How a relayed session ended.
@@ -158,9 +167,14 @@ where
         server: backend.server,
         progress: 0,
         replies: 0,
+        helo: None,
+        trace_due: false,
     };
     r.codec.push(&client_input);
     if let Some(mut helo) = replay_helo {
+        if let Command::Ehlo(name) | Command::Helo(name) = Command::parse(&helo) {
+            r.helo = Some(name);
+        }
         helo.extend_from_slice(b"\r\n");
         r.to_backend.extend_from_slice(&helo);
         r.in_flight.push_back(Expect::Replayed);
@@ -190,6 +204,10 @@ struct Relay<'a> {
     progress: u64,
     /// Counts backend replies handled.
     replies: u64,
+    /// The client's last HELO/EHLO name (for the trace header).
+    helo: Option<String>,
+    /// A trace header is still due for the current transaction.
+    trace_due: bool,
 }
 
 /// A step's verdict: go on, or end the session this way.
@@ -456,7 +474,18 @@ impl Relay<'_> {
             Command::BadCharacters => Expect::Local(reply::BAD_CHARACTERS),
             Command::Xclient => Expect::Local(reply::XCLIENT_DENIED),
             Command::Auth if !self.settings.tls => Expect::Local(reply::AUTH_NEEDS_TLS),
-            Command::Ehlo(_) => Expect::Ehlo,
+            Command::Ehlo(ref name) => {
+                self.helo = Some(name.clone());
+                Expect::Ehlo
+            }
+            Command::Helo(ref name) => {
+                self.helo = Some(name.clone());
+                Expect::Other
+            }
+            Command::Transaction(crate::smtp::command::Verb::Mail) => {
+                self.trace_due = self.settings.received.is_some();
+                Expect::Other
+            }
             Command::Quit => Expect::Quit,
             Command::Data => {
                 self.mode = Mode::AwaitDataGo;
@@ -464,11 +493,25 @@ impl Relay<'_> {
             }
             Command::Bdat(Some(b)) => {
                 self.mode = Mode::Bdat { remaining: b.size };
-                if b.last {
+                let expect = if b.last {
                     Expect::MessageEnd
                 } else {
                     Expect::Other
+                };
+                // The first chunk of a message carries the trace header:
+                // the chunk is announced that much larger.
+                if self.trace_due {
+                    self.trace_due = false;
+                    let trace = self.trace();
+                    let last = if b.last { " LAST" } else { "" };
+                    self.to_backend.extend_from_slice(
+                        format!("BDAT {}{last}\r\n", b.size + trace.len() as u64).as_bytes(),
+                    );
+                    self.to_backend.extend_from_slice(trace.as_bytes());
+                    self.in_flight.push_back(expect);
+                    return;
                 }
+                expect
             }
             _ => Expect::Other,
         };
@@ -477,6 +520,23 @@ impl Relay<'_> {
             self.to_backend.extend_from_slice(b"\r\n");
         }
         self.in_flight.push_back(expect);
+    }
+
+    /// The `Received:` header for the message starting now.
+    fn trace(&self) -> String {
+        let Some(r) = &self.settings.received else {
+            return String::new();
+        };
+        received::header(&received::Trace {
+            helo: self.helo.as_deref(),
+            client: r.client,
+            hostname: &self.settings.hostname,
+            tls: r
+                .tls
+                .as_ref()
+                .map(|t| (t.version, t.cipher, t.sni.as_deref())),
+            now: crate::tls::load::now_unix(),
+        })
     }
 
     /// Emits the proxy's own replies that have come to the front.
@@ -534,6 +594,11 @@ impl Relay<'_> {
             }
             Some(Expect::DataGo) => {
                 self.mode = if reply.code == 354 {
+                    if self.trace_due {
+                        self.trace_due = false;
+                        let trace = self.trace();
+                        self.to_backend.extend_from_slice(trace.as_bytes());
+                    }
                     Mode::Data(DataScanner::default())
                 } else {
                     Mode::Command

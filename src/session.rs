@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use crate::backend::{Backend, ClientIdentity, TlsFacts};
 use crate::config::{Limits, ListenerMode, Timeouts, TlsPolicy};
-use crate::relay::{RelaySettings, RelayStats, relay};
+use crate::relay::{ReceivedSettings, RelaySettings, RelayStats, relay};
 use crate::smtp::codec::LineCodec;
 use crate::smtp::dialogue::{Action, PreTlsDialogue};
 use crate::smtp::reply;
@@ -353,6 +353,10 @@ async fn relay_to_backend<C>(
         session_deadline,
         tls: tls != SessionTls::None,
         shutdown_grace: ctx.timeouts.shutdown_grace,
+        received: ctx.backend.received_header.then(|| ReceivedSettings {
+            client: who.client.ip(),
+            tls: who.tls.clone(),
+        }),
     };
     let stats: RelayStats = relay(client, input, replay_helo, backend, &settings, shutdown).await;
     info!(

@@ -314,3 +314,69 @@ fn proxy_v1_header_precedes_everything_the_backend_reads() {
         "{t:?}"
     );
 }
+
+/// The sink's stored message without its Return-Path/Delivered-To lines.
+fn stored_body(proxy: &Proxy) -> String {
+    let m = proxy.sink_messages();
+    let text = String::from_utf8_lossy(m.last().expect("a stored message")).into_owned();
+    text.split_once("Delivered-To: b@example.test\r\n")
+        .expect("sink header")
+        .1
+        .to_string()
+}
+
+#[test]
+fn received_header_records_the_tls_facts_for_data_and_bdat() {
+    let proxy = Proxy::start(ProxyConfig::standard(
+        "sink = \"{dir}/mail\"\nreceived_header = true",
+    ));
+    let mut c = tls_session(&proxy);
+    c.cmd("EHLO client.test", "250");
+    c.cmd("MAIL FROM:<a@sender.test>", "250");
+    c.cmd("RCPT TO:<b@example.test>", "250");
+    c.cmd("DATA", "354");
+    c.send_raw(b"Subject: traced\r\n\r\nbody\r\n.\r\n");
+    c.expect("250 2.0.0 Ok: queued");
+    let body = stored_body(&proxy);
+    let (trace, rest) = body.split_once(";\r\n\t").unwrap();
+    assert_eq!(
+        trace,
+        "Received: from client.test ([127.0.0.1])\r\n\tby mx1.example.test (starttls-proxy) with ESMTPS\r\n\t(using TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384, SNI mx1.example.test)"
+    );
+    let (_date, original) = rest.split_once("\r\n").unwrap();
+    assert_eq!(original, "Subject: traced\r\n\r\nbody\r\n");
+
+    // BDAT: the first chunk is announced larger by the header's length.
+    c.cmd("MAIL FROM:<a@sender.test>", "250");
+    c.cmd("RCPT TO:<b@example.test>", "250");
+    let chunk = b"Subject: chunked\r\n\r\nbody\r\n";
+    c.send_raw(format!("BDAT {} LAST\r\n", chunk.len()).as_bytes());
+    c.send_raw(chunk);
+    c.expect("250 2.0.0 Ok: queued");
+    let body = stored_body(&proxy);
+    assert!(
+        body.starts_with("Received: from client.test ([127.0.0.1])\r\n"),
+        "{body}"
+    );
+    assert!(
+        body.ends_with("+0000\r\nSubject: chunked\r\n\r\nbody\r\n"),
+        "{body}"
+    );
+}
+
+#[test]
+fn received_header_in_a_plaintext_relay_says_esmtp() {
+    let proxy = Proxy::start(ProxyConfig::standard(
+        "sink = \"{dir}/mail\"\nreceived_header = true",
+    ));
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("220");
+    c.cmd("EHLO plain.client.test", "250");
+    c.cmd("MAIL FROM:<a@sender.test>", "250");
+    c.cmd("RCPT TO:<b@example.test>", "250");
+    c.cmd("DATA", "354");
+    c.send_raw(b"Subject: plain\r\n\r\nx\r\n.\r\n");
+    c.expect("250 2.0.0 Ok: queued");
+    let body = stored_body(&proxy);
+    assert!(body.starts_with("Received: from plain.client.test ([127.0.0.1])\r\n\tby mx1.example.test (starttls-proxy) with ESMTP;\r\n\t"), "{body}");
+}

@@ -82,6 +82,8 @@ pub struct Backend {
     target: Target,
     identity: Identity,
     connect_timeout: Duration,
+    /// Prepend the proxy's `Received:` header to messages.
+    pub received_header: bool,
 }
 
 impl Backend {
@@ -100,6 +102,7 @@ impl Backend {
             target,
             identity: config.identity,
             connect_timeout,
+            received_header: config.received_header,
         })
     }
 

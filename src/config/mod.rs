@@ -343,15 +343,6 @@ impl Checker<'_> {
                     );
                 }
             }
-            if let Some(r) = &b.received_header {
-                if *r.get_ref() {
-                    self.error(
-                        r,
-                        format!("{key}.received_header"),
-                        "not implemented in this version yet",
-                    );
-                }
-            }
             out.push(BackendConfig {
                 name,
                 target,

@@ -7,4 +7,5 @@ pub mod command;
 pub mod data;
 pub mod dialogue;
 pub mod ehlo;
+pub mod received;
 pub mod reply;
