@@ -380,3 +380,99 @@ fn received_header_in_a_plaintext_relay_says_esmtp() {
     let body = stored_body(&proxy);
     assert!(body.starts_with("Received: from plain.client.test ([127.0.0.1])\r\n\tby mx1.example.test (starttls-proxy) with ESMTP;\r\n\t"), "{body}");
 }
+
+/// A TLS session to a fake backend with `behaviour`, up to RCPT.
+fn session_with(behaviour: FakeBehaviour, extra: &str) -> (Proxy, Smtp) {
+    let b = FakeBackend::start(behaviour);
+    let proxy = Proxy::start(ProxyConfig::servers(&[b.addr]).append(extra));
+    let mut c = tls_session(&proxy);
+    c.cmd("EHLO client.test", "250");
+    (proxy, c)
+}
+
+#[test]
+fn backend_451_at_end_of_data_reaches_the_client_as_is() {
+    let (proxy, mut c) = session_with(FakeBehaviour::TempFailAtDataEnd, "");
+    c.cmd("MAIL FROM:<a@sender.test>", "250");
+    c.cmd("RCPT TO:<b@example.test>", "250");
+    c.cmd("DATA", "354");
+    c.send_raw(b"Subject: x\r\n\r\ny\r\n.\r\n");
+    assert_eq!(c.reply(), "451 4.3.0 Error: queue file write error\r\n");
+    // The session goes on, and nothing was counted as accepted.
+    c.cmd("QUIT", "221");
+    assert_eq!(proxy.wait_log("session", 1)["messages"], 0);
+}
+
+#[test]
+fn backend_421_is_passed_on_and_the_session_ends() {
+    let (proxy, mut c) = session_with(FakeBehaviour::Closes421AtMail, "");
+    c.send("MAIL FROM:<a@sender.test>");
+    assert_eq!(c.reply(), "421 4.3.2 Service shutting down\r\n");
+    assert!(c.closed());
+    assert_eq!(proxy.wait_log("session", 1)["outcome"], "backend_closed");
+}
+
+#[test]
+fn backend_reset_mid_session_gives_421() {
+    let (_proxy, mut c) = session_with(FakeBehaviour::ResetsAtMail, "");
+    c.send("MAIL FROM:<a@sender.test>");
+    let r = c.reply();
+    assert!(r.starts_with("421 4.4.2 mx1.example.test"), "{r}");
+}
+
+#[test]
+fn a_stalled_backend_gives_421_after_the_command_timeout() {
+    let (proxy, mut c) = session_with(
+        FakeBehaviour::StallsAtMail,
+        "\n[timeouts]\ncommand = \"1s\"\n",
+    );
+    let start = std::time::Instant::now();
+    c.send("MAIL FROM:<a@sender.test>");
+    let r = c.reply();
+    assert!(r.starts_with("421 4.4.2 mx1.example.test"), "{r}");
+    assert!(start.elapsed() >= std::time::Duration::from_millis(900));
+    assert_eq!(proxy.wait_log("session", 1)["outcome"], "backend_lost");
+}
+
+/// Peak resident memory of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_50_mib_message_streams_with_bounded_memory() {
+    let proxy = Proxy::start(ProxyConfig::sink());
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("220");
+    c.cmd("EHLO client.test", "250");
+    c.cmd("MAIL FROM:<a@sender.test>", "250");
+    c.cmd("RCPT TO:<b@example.test>", "250");
+    c.cmd("DATA", "354");
+    let before = peak_rss_kib(proxy.pid());
+    let line = format!("{}\r\n", "x".repeat(76));
+    let block = line.repeat(64 * 1024 / line.len());
+    let mut sent = 0usize;
+    while sent < 50 << 20 {
+        c.send_raw(block.as_bytes());
+        sent += block.len();
+    }
+    c.send_raw(b".\r\n");
+    c.expect("250 2.0.0 Ok: queued");
+    let growth = peak_rss_kib(proxy.pid()).saturating_sub(before);
+    println!("50 MiB relayed; peak RSS grew by {growth} KiB");
+    assert!(
+        growth < 16 * 1024,
+        "peak RSS grew by {growth} KiB for a 50 MiB message"
+    );
+    let stored = std::fs::read_dir(proxy.dir.path().join("mail/new"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert!(stored.metadata().unwrap().len() >= sent as u64);
+}

@@ -558,6 +558,14 @@ pub enum FakeBehaviour {
     RefuseEhlo,
     /// Answers EHLO twice (a reply to nothing follows).
     DoubleEhlo,
+    /// Answers the end of the content with 451.
+    TempFailAtDataEnd,
+    /// Answers MAIL with 421 and closes.
+    Closes421AtMail,
+    /// Never answers MAIL (but keeps the connection).
+    StallsAtMail,
+    /// Resets the connection (RST) when MAIL arrives.
+    ResetsAtMail,
 }
 
 impl FakeBackend {
@@ -603,7 +611,12 @@ fn fake_session(mut conn: TcpStream, behaviour: FakeBehaviour, rec: Arc<Mutex<Ve
         if in_data {
             if line == b".\r\n" {
                 in_data = false;
-                let _ = conn.write_all(b"250 2.0.0 Ok: queued as FAKE\r\n");
+                let reply: &[u8] = if matches!(behaviour, FakeBehaviour::TempFailAtDataEnd) {
+                    b"451 4.3.0 Error: queue file write error\r\n"
+                } else {
+                    b"250 2.0.0 Ok: queued as FAKE\r\n"
+                };
+                let _ = conn.write_all(reply);
             }
             continue;
         }
@@ -621,6 +634,16 @@ fn fake_session(mut conn: TcpStream, behaviour: FakeBehaviour, rec: Arc<Mutex<Ve
             b"250 fake.backend.test\r\n250 again\r\n"
         } else if upper.starts_with("EHLO") {
             b"250-fake.backend.test\r\n250-PIPELINING\r\n250-STARTTLS\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n"
+        } else if upper.starts_with("MAIL") && matches!(behaviour, FakeBehaviour::Closes421AtMail) {
+            let _ = conn.write_all(b"421 4.3.2 Service shutting down\r\n");
+            return;
+        } else if upper.starts_with("MAIL") && matches!(behaviour, FakeBehaviour::StallsAtMail) {
+            let mut rest = Vec::new();
+            let _ = r.read_to_end(&mut rest);
+            return;
+        } else if upper.starts_with("MAIL") && matches!(behaviour, FakeBehaviour::ResetsAtMail) {
+            let _ = socket2_linger_zero(&conn);
+            return;
         } else if upper.starts_with("MAIL") {
             b"250 2.1.0 Sender ok\r\n"
         } else if upper.starts_with("RCPT") && upper.contains("REJECT") {
@@ -646,6 +669,11 @@ fn fake_session(mut conn: TcpStream, behaviour: FakeBehaviour, rec: Arc<Mutex<Ve
         };
         let _ = conn.write_all(reply);
     }
+}
+
+/// Makes the next close of `conn` send RST instead of FIN.
+fn socket2_linger_zero(conn: &TcpStream) -> std::io::Result<()> {
+    socket2::SockRef::from(conn).set_linger(Some(Duration::ZERO))
 }
 
 // === Postfix peers (tests/peers) ===
