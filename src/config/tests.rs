@@ -1,3 +1,6 @@
+//! Config parsing tests (compiled only for `cargo test`).
+#![cfg(test)]
+
 use super::*;
 
 const GOOD: &str = r#"
