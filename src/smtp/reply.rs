@@ -60,6 +60,18 @@ pub struct BackendReply {
 }
 
 impl BackendReply {
+    /// Each line's text (after `250-`/`250 `), without the line end.
+    pub fn texts(&self) -> Vec<String> {
+        self.lines
+            .iter()
+            .map(|l| {
+                let text = l.get(4..).unwrap_or_default();
+                let text = text.strip_suffix(b"\r\n").unwrap_or(text);
+                String::from_utf8_lossy(text).into_owned()
+            })
+            .collect()
+    }
+
     pub fn is_positive(&self) -> bool {
         (200..400).contains(&self.code)
     }
@@ -128,6 +140,17 @@ impl ReplyParser {
             let Some((code, last)) = parse_reply_line(&line) else {
                 return Some(Err(ReplyError::Malformed));
             };
+            // RFC 5321 §4.2.1: every line of a reply carries the same code.
+            // A reply whose lines disagree ("250-ok" then "354 go") would
+            // mean one thing to the relay and another to the client.
+            if self
+                .lines
+                .first()
+                .and_then(|first| parse_reply_line(first))
+                .is_some_and(|(first, _)| first != code)
+            {
+                return Some(Err(ReplyError::Malformed));
+            }
             self.lines.push(line);
             if self.lines.len() > MAX_REPLY_LINES {
                 return Some(Err(ReplyError::TooManyLines(MAX_REPLY_LINES)));
@@ -159,6 +182,17 @@ fn parse_reply_line(line: &[u8]) -> Option<(u16, bool)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn lines_of_one_reply_must_share_the_code() {
+        // Found by the smtp_reply fuzz target.
+        let mut p = super::ReplyParser::default();
+        p.push(b"250-ok\r\n354 go ahead\r\n");
+        assert!(matches!(
+            p.next_reply(),
+            Some(Err(super::ReplyError::Malformed))
+        ));
+    }
+
     use super::*;
 
     #[test]
