@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use crate::proxy_protocol::{Inbound, read_header};
 use crate::session::{self, ListenerContext};
 use crate::smtp::reply;
+use crate::telemetry::metrics::{self, ActiveConnection, Rejection};
 
 /// Connections open now, in total and per client address.
 #[derive(Debug, Default)]
@@ -27,18 +28,12 @@ struct Counts {
     per_ip: HashMap<IpAddr, u32>,
 }
 
-/// Why a connection was turned away (the `connections_rejected_total{reason}` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
-    MaxConnections,
-    MaxConnectionsPerIp,
-}
-
 /// Holds one slot in the table until dropped.
 #[derive(Debug)]
 pub struct ConnectionSlot {
     table: Arc<ConnectionTable>,
     ip: IpAddr,
+    _active: ActiveConnection,
 }
 
 impl ConnectionTable {
@@ -62,6 +57,7 @@ impl ConnectionTable {
         Ok(ConnectionSlot {
             table: self.clone(),
             ip,
+            _active: ActiveConnection::open(),
         })
     }
 
@@ -103,6 +99,7 @@ pub async fn serve(
     table: Arc<ConnectionTable>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let listener_label = ctx.address.to_string();
     loop {
         let (tcp, peer) = tokio::select! {
             res = listener.accept() => match res {
@@ -120,6 +117,7 @@ pub async fn serve(
             }
         };
         let peer = canonical(peer);
+        metrics::connection_accepted(&listener_label);
         let local = tcp.local_addr().unwrap_or(ctx.address);
         let Some(pp) = ctx.proxy_protocol.clone() else {
             start_session(&ctx, &table, tcp, peer, local, &shutdown);
@@ -128,7 +126,9 @@ pub async fn serve(
         // Behind a balancer: only it may speak, and what it says about the
         // client decides the per-IP limit and what the backend is told.
         if !pp.trusts(&peer) {
-            warn!(%peer, listener = %ctx.address, reason = "proxy_untrusted", "connection rejected: not a trusted balancer on a PROXY protocol listener");
+            let reason = Rejection::ProxyUntrusted;
+            metrics::connection_rejected(reason);
+            warn!(%peer, listener = %ctx.address, reason = reason.as_str(), "connection rejected: not a trusted balancer on a PROXY protocol listener");
             continue;
         }
         let (ctx, table, shutdown) = (ctx.clone(), table.clone(), shutdown.clone());
@@ -140,7 +140,9 @@ pub async fn serve(
                 }
                 Ok(Inbound::Local) => start_session(&ctx, &table, tcp, peer, local, &shutdown),
                 Err(e) => {
-                    warn!(%peer, listener = %ctx.address, reason = "proxy_invalid", error = %e, "connection rejected: bad PROXY header");
+                    let reason = Rejection::ProxyInvalid;
+                    metrics::connection_rejected(reason);
+                    warn!(%peer, listener = %ctx.address, reason = reason.as_str(), error = %e, "connection rejected: bad PROXY header");
                 }
             }
         });
@@ -171,14 +173,12 @@ fn start_session(
             });
         }
         Err(why) => {
-            let (r, reason) = match why {
-                Rejection::MaxConnections => (reply::TOO_MANY_CONNECTIONS, "max_connections"),
-                Rejection::MaxConnectionsPerIp => (
-                    reply::TOO_MANY_CONNECTIONS_FROM_IP,
-                    "max_connections_per_ip",
-                ),
+            let r = match why {
+                Rejection::MaxConnectionsPerIp => reply::TOO_MANY_CONNECTIONS_FROM_IP,
+                _ => reply::TOO_MANY_CONNECTIONS,
             };
-            warn!(%peer, listener = %ctx.address, reason, "connection rejected");
+            metrics::connection_rejected(why);
+            warn!(%peer, listener = %ctx.address, reason = why.as_str(), "connection rejected");
             let text = r.render(&ctx.hostname);
             tokio::spawn(reject(tcp, text));
         }

@@ -11,6 +11,7 @@
 //! timeout, or not speaking SMTP — the client gets `421 4.x.x` and the
 //! connection closes, so the sender keeps the message and retries.
 
+use crate::telemetry::metrics::{self, Direction};
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -388,6 +389,7 @@ impl Relay<'_> {
                 return Err(RelayEnd::BackendLost);
             }
             self.stats.bytes_in += self.to_backend.len() as u64;
+            metrics::bytes_relayed(Direction::ClientToBackend, self.to_backend.len() as u64);
             self.to_backend.clear();
         }
         if !self.to_client.is_empty() {
@@ -400,6 +402,7 @@ impl Relay<'_> {
                 }
             }
             self.stats.bytes_out += self.to_client.len() as u64;
+            metrics::bytes_relayed(Direction::BackendToClient, self.to_client.len() as u64);
             self.to_client.clear();
         }
         Ok(())
@@ -608,6 +611,7 @@ impl Relay<'_> {
             Some(Expect::MessageEnd) => {
                 if reply.is_positive() {
                     self.stats.messages += 1;
+                    metrics::message_relayed();
                 }
                 self.to_client.extend_from_slice(&reply.to_bytes());
             }

@@ -23,6 +23,7 @@ use crate::relay::{ReceivedSettings, RelaySettings, RelayStats, relay};
 use crate::smtp::codec::LineCodec;
 use crate::smtp::dialogue::{Action, PreTlsDialogue};
 use crate::smtp::reply;
+use crate::telemetry::metrics;
 use crate::tls::TlsTerminator;
 
 /// What every session of one listener shares.
@@ -105,7 +106,21 @@ async fn pre_tls(
 ) {
     let host = ctx.hostname.as_str();
     let peer = who.client;
-    let mut dialogue = PreTlsDialogue::new(host, ctx.tls_policy, ctx.limits.max_errors);
+    let health = ctx.backend.health();
+    if health.all_down() {
+        // No server answered its last probe: a session could only end in
+        // 421 later; say it now, before the client sends anything.
+        let _ = write(
+            ctx,
+            &mut tcp,
+            reply::BACKEND_UNAVAILABLE.render(host).as_bytes(),
+        )
+        .await;
+        info!(%peer, tls = "none", outcome = "backend_down", messages = 0u64, "session");
+        return;
+    }
+    let mut dialogue = PreTlsDialogue::new(host, ctx.tls_policy, ctx.limits.max_errors)
+        .with_extensions(health.extensions());
     let mut codec = LineCodec::new(ctx.limits.line_length);
     if write(ctx, &mut tcp, dialogue.greeting().as_bytes())
         .await
@@ -256,12 +271,19 @@ where
                 %peer,
                 sni = info.sni.as_deref().unwrap_or("none"),
                 sni_match = info.sni_match.as_str(),
-                                certificate = %info.certificate,
+                certificate = %info.certificate,
                 serial = %info.serial,
                 version = info.version,
                 cipher = info.cipher,
                 duration_ms = duration_ms(info.duration),
                 "tls handshake"
+            );
+            metrics::handshake(
+                info.version,
+                info.cipher,
+                info.sni_match.as_str(),
+                &info.certificate,
+                info.duration,
             );
             let facts = TlsFacts {
                 version: info.version,
@@ -271,6 +293,7 @@ where
             Some((stream, facts))
         }
         Err(e) => {
+            metrics::handshake_failed(e.reason());
             warn!(%peer, reason = e.reason(), error = %e, "tls handshake failed");
             None
         }
@@ -318,6 +341,7 @@ async fn relay_to_backend<C>(
 {
     let started = std::time::Instant::now();
     let peer = who.client;
+    metrics::session(tls.as_str());
     let backend = match ctx.backend.connect(&who).await {
         Ok(b) => b,
         Err(e) => {

@@ -28,6 +28,10 @@ fn unique(tag: &str) -> String {
 fn swaks_over_starttls_delivers_into_postfix() {
     let backend = PostfixBackend::start(BACKEND_SWAKS, &[]);
     let proxy = Proxy::start(ProxyConfig::servers(&[backend.addr()]));
+    assert_eq!(
+        proxy.wait_log("backend health: first probe done", 1)["up"],
+        1
+    );
     let subject = unique("swaks-interop");
     let out = Command::new("swaks")
         .args([
@@ -65,6 +69,11 @@ fn swaks_over_starttls_delivers_into_postfix() {
         transcript.contains("<~  250 2.0.0 Ok: queued as"),
         "{transcript}"
     );
+    // Before TLS the proxy offers Postfix's own extensions as probed
+    // (SIZE with Postfix's limit), never AUTH.
+    let before_tls = transcript.split("TLS started").next().unwrap();
+    assert!(before_tls.contains("250-SIZE "), "{before_tls}");
+    assert!(!before_tls.contains("AUTH"), "{before_tls}");
     // STARTTLS is not offered inside TLS.
     let after_tls = transcript.split("TLS started").nth(1).unwrap();
     assert!(
@@ -175,6 +184,10 @@ fn proxied_identity_reaches_postfix(identity: &str, port: u16) {
         ),
     );
     let proxy = Proxy::start(config);
+    // The health probe (PROXY v2 LOCAL / v1 UNKNOWN, EHLO, QUIT) is
+    // accepted by a Postfix that requires PROXY headers.
+    let probe = proxy.wait_log("backend health: first probe done", 1);
+    assert_eq!(probe["up"], 1, "{}", proxy.all_logs());
     let subject = unique(identity);
     let out = Command::new("swaks")
         .args([

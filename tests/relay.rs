@@ -21,8 +21,36 @@ fn tls_session(proxy: &Proxy) -> Smtp {
 }
 
 #[test]
-fn backend_refusing_connections_gives_421() {
+fn every_server_down_at_the_health_probe_means_421_at_the_greeting() {
     let proxy = Proxy::start(ProxyConfig::servers(&[refused()]));
+    let probe = proxy.wait_log("backend health: first probe done", 1);
+    assert_eq!(probe["up"], 0);
+    let mut c = Smtp::connect(proxy.addr());
+    let r = c.reply();
+    assert!(r.starts_with("421 4.4.1 mx1.example.test"), "{r}");
+    assert!(c.closed());
+    assert_eq!(proxy.wait_log("session", 1)["outcome"], "backend_down");
+}
+
+/// A backend that passed its health probe and broke afterwards: the proxy
+/// finds out in the session, and the client still gets a 4xx.
+fn probed_then(behaviour: Option<FakeBehaviour>) -> (FakeBackend, Proxy) {
+    let b = FakeBackend::start(FakeBehaviour::Normal);
+    let proxy = Proxy::start(ProxyConfig::servers(&[b.addr]));
+    assert_eq!(
+        proxy.wait_log("backend health: first probe done", 1)["up"],
+        1
+    );
+    match behaviour {
+        Some(x) => b.set_behaviour(x),
+        None => b.stop(),
+    }
+    (b, proxy)
+}
+
+#[test]
+fn backend_refusing_connections_gives_421() {
+    let (_b, proxy) = probed_then(None);
     let mut c = tls_session(&proxy);
     c.send("EHLO client.test");
     let r = c.reply();
@@ -34,7 +62,7 @@ fn backend_refusing_connections_gives_421() {
 
 #[test]
 fn backend_down_in_plaintext_relay_gives_421() {
-    let proxy = Proxy::start(ProxyConfig::servers(&[refused()]));
+    let (_b, proxy) = probed_then(None);
     let mut c = Smtp::connect(proxy.addr());
     c.expect("220");
     c.cmd("EHLO client.test", "250");
@@ -44,15 +72,18 @@ fn backend_down_in_plaintext_relay_gives_421() {
 
 #[test]
 fn failover_to_the_next_server() {
-    let closing = FakeBackend::start(FakeBehaviour::CloseAtOnce);
-    let refusing_greeting = FakeBackend::start(FakeBehaviour::Greeting("554 5.3.2 not now"));
+    let closing = FakeBackend::start(FakeBehaviour::Normal);
+    let refusing_greeting = FakeBackend::start(FakeBehaviour::Normal);
     let good = FakeBackend::start(FakeBehaviour::Normal);
     let proxy = Proxy::start(ProxyConfig::servers(&[
-        refused(),
         closing.addr,
         refusing_greeting.addr,
         good.addr,
+        refused(),
     ]));
+    // The first two broke after their probe: tried in order, then the good one.
+    closing.set_behaviour(FakeBehaviour::CloseAtOnce);
+    refusing_greeting.set_behaviour(FakeBehaviour::Greeting("554 5.3.2 not now"));
     let mut c = tls_session(&proxy);
     let ehlo = c.cmd("EHLO client.test", "250-fake.backend.test");
     assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
@@ -60,12 +91,42 @@ fn failover_to_the_next_server() {
     assert_eq!(good.transcript(), "EHLO client.test\r\nQUIT\r\n");
     let s = proxy.wait_log("session", 1);
     assert_eq!(s["server"], good.addr.to_string());
+    let tried: Vec<String> = proxy
+        .logs_with("backend server failed, trying the next")
+        .iter()
+        .map(|l| l["error"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(tried.len(), 2, "{tried:?}");
+    assert!(tried[0].starts_with(&closing.addr.to_string()), "{tried:?}");
+    assert!(tried[1].contains("554 5.3.2 not now"), "{tried:?}");
+}
+
+#[test]
+fn a_server_down_at_the_probe_is_tried_last() {
+    let good = FakeBackend::start(FakeBehaviour::Normal);
+    let proxy = Proxy::start(ProxyConfig::servers(&[refused(), good.addr]));
+    assert_eq!(
+        proxy.wait_log("backend health: first probe done", 1)["up"],
+        1
+    );
+    let mut c = tls_session(&proxy);
+    c.cmd("EHLO client.test", "250-fake.backend.test");
+    c.cmd("QUIT", "221");
+    assert_eq!(
+        proxy.wait_log("session", 1)["server"],
+        good.addr.to_string()
+    );
+    assert!(
+        proxy
+            .logs_with("backend server failed, trying the next")
+            .is_empty(),
+        "the refused server was not tried first"
+    );
 }
 
 #[test]
 fn a_5xx_greeting_from_the_only_backend_is_a_4xx_for_the_client() {
-    let b = FakeBackend::start(FakeBehaviour::Greeting("554 5.7.1 go away"));
-    let proxy = Proxy::start(ProxyConfig::servers(&[b.addr]));
+    let (_b, proxy) = probed_then(Some(FakeBehaviour::Greeting("554 5.7.1 go away")));
     let mut c = tls_session(&proxy);
     c.send("EHLO client.test");
     let r = c.reply();
@@ -253,8 +314,7 @@ fn no_auth_in_a_plaintext_relay_but_after_tls() {
 
 #[test]
 fn backend_refusing_the_replayed_ehlo_gives_421_not_its_5xx() {
-    let b = FakeBackend::start(FakeBehaviour::RefuseEhlo);
-    let proxy = Proxy::start(ProxyConfig::servers(&[b.addr]));
+    let (b, proxy) = probed_then(Some(FakeBehaviour::RefuseEhlo));
     let mut c = Smtp::connect(proxy.addr());
     c.expect("220");
     c.cmd("EHLO client.test", "250");

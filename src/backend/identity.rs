@@ -46,6 +46,30 @@ pub fn proxy_header(kind: Identity, id: &ClientIdentity) -> Option<Vec<u8>> {
     }
 }
 
+/// The header a health probe sends: the proxy speaks for itself. v2 says
+/// LOCAL (the spec's health-check command); v1 names the probe connection's
+/// own addresses, since Postfix refuses `PROXY UNKNOWN`.
+pub fn probe_header(kind: Identity, local: SocketAddr, server: SocketAddr) -> Option<Vec<u8>> {
+    match kind {
+        Identity::ProxyV1 => {
+            let (local, server) = same_family(local, server);
+            Some(
+                ppp::v1::Addresses::from((local, server))
+                    .to_string()
+                    .into_bytes(),
+            )
+        }
+        Identity::ProxyV2 => v2::Builder::with_addresses(
+            v2::Version::Two | v2::Command::Local,
+            v2::Protocol::Unspecified,
+            v2::Addresses::Unspecified,
+        )
+        .build()
+        .ok(),
+        Identity::Xclient | Identity::None => None,
+    }
+}
+
 fn proxy_v2(client: SocketAddr, local: SocketAddr, tls: Option<&TlsFacts>) -> Vec<u8> {
     let build = || -> std::io::Result<Vec<u8>> {
         let mut b = v2::Builder::with_addresses(

@@ -5,6 +5,7 @@
 //! garbage) moves on to the next server, and when none is left the session
 //! answers the client with a 4xx — never a 5xx (DESIGN.md §2, nothing lost).
 
+pub mod health;
 pub mod identity;
 pub mod sink;
 
@@ -14,10 +15,12 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::config::{BackendConfig, BackendTarget, Identity};
 use crate::smtp::reply::{BackendReply, ReplyParser};
+use crate::telemetry::metrics;
+pub use health::{Health, ServerState};
 pub use identity::{ClientIdentity, TlsFacts};
 
 /// A byte stream to a backend (TCP, or the in-process sink).
@@ -65,6 +68,16 @@ pub enum BackendError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{server}: EHLO refused: {text}")]
+    EhloRefused { server: String, text: String },
+    #[error("{server}: no EHLO reply within {timeout:?}")]
+    EhloTimeout { server: String, timeout: Duration },
+    #[error("{server}: write: {source}")]
+    Write {
+        server: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("backend {backend:?} has no server")]
     NoServers { backend: String },
 }
@@ -84,6 +97,10 @@ pub struct Backend {
     connect_timeout: Duration,
     /// Prepend the proxy's `Received:` header to messages.
     pub received_header: bool,
+    /// The proxy's name, for the probe's EHLO.
+    hostname: String,
+    health: Health,
+    health_interval: Duration,
 }
 
 impl Backend {
@@ -93,9 +110,12 @@ impl Backend {
         hostname: &str,
         connect_timeout: Duration,
     ) -> std::io::Result<Self> {
-        let target = match &config.target {
-            BackendTarget::Servers(s) => Target::Servers(s.clone()),
-            BackendTarget::Sink(dir) => Target::Sink(Arc::new(sink::Sink::open(dir, hostname)?)),
+        let (target, health) = match &config.target {
+            BackendTarget::Servers(s) => (Target::Servers(s.clone()), Health::new(s)),
+            BackendTarget::Sink(dir) => (
+                Target::Sink(Arc::new(sink::Sink::open(dir, hostname)?)),
+                Health::always_up(),
+            ),
         };
         Ok(Self {
             name: config.name.clone(),
@@ -103,7 +123,102 @@ impl Backend {
             identity: config.identity,
             connect_timeout,
             received_header: config.received_header,
+            hostname: hostname.to_string(),
+            health,
+            health_interval: config.health_interval,
         })
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Probes every server now and then every `health_interval`, forever.
+    /// The sink needs no probe.
+    pub async fn probe_loop(self: Arc<Self>) {
+        let Target::Servers(servers) = &self.target else {
+            return;
+        };
+        let mut tick = tokio::time::interval(self.health_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut first = true;
+        loop {
+            tick.tick().await;
+            let mut extensions = None;
+            for addr in servers {
+                let server = addr.to_string();
+                let result = self.probe(*addr).await;
+                let up = result.is_ok();
+                let before = self.health.set(*addr, up);
+                metrics::backend_up(&self.name, &server, up);
+                match result {
+                    Ok(lines) => {
+                        if before != ServerState::Up {
+                            info!(backend = %self.name, server = %server, "backend server up");
+                        }
+                        if extensions.is_none() {
+                            extensions = Some(lines);
+                        }
+                    }
+                    Err(e) => {
+                        if before != ServerState::Down {
+                            warn!(backend = %self.name, server = %server, error = %e, "backend server down (health probe failed)");
+                        }
+                    }
+                }
+            }
+            if extensions.is_some() {
+                self.health.set_extensions(extensions);
+            }
+            if self.health.all_down() {
+                warn!(backend = %self.name, "every server of the backend is down: new clients get 421 until one answers");
+            }
+            if first {
+                first = false;
+                let up = servers
+                    .iter()
+                    .filter(|a| self.health.state(**a) == ServerState::Up)
+                    .count();
+                info!(backend = %self.name, up, down = servers.len() - up, "backend health: first probe done");
+            }
+        }
+    }
+
+    /// One probe: connect (PROXY LOCAL/UNKNOWN header for PROXY pools),
+    /// greeting, EHLO, QUIT. Returns the EHLO reply's texts.
+    async fn probe(&self, addr: SocketAddr) -> Result<Vec<String>, BackendError> {
+        let timeout = self
+            .connect_timeout
+            .min(self.health_interval.max(Duration::from_secs(1)));
+        let mut conn = self.connect_one(addr, Header::Probe, timeout).await?;
+        let server = conn.server.clone();
+        let ehlo = format!("EHLO {}\r\n", self.hostname);
+        let exchange = async {
+            conn.io
+                .write_all(ehlo.as_bytes())
+                .await
+                .map_err(|source| BackendError::Write {
+                    server: server.clone(),
+                    source,
+                })?;
+            let reply = read_reply(&mut conn.io, &mut conn.parser, &server).await?;
+            let _ = conn.io.write_all(b"QUIT\r\n").await;
+            let _ = read_reply(&mut conn.io, &mut conn.parser, &server).await;
+            Ok::<_, BackendError>(reply)
+        };
+        let reply = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| BackendError::EhloTimeout {
+                server: server.clone(),
+                timeout,
+            })??;
+        if reply.code != 250 {
+            return Err(BackendError::EhloRefused {
+                server,
+                text: reply.first_line_text(),
+            });
+        }
+        Ok(reply.texts())
     }
 
     /// Connects to the first server that greets positively, telling it who
@@ -116,8 +231,12 @@ impl Backend {
         let mut last = BackendError::NoServers {
             backend: self.name.clone(),
         };
-        for addr in servers {
-            match self.connect_one(*addr, client).await {
+        let order = self.health.connect_order();
+        for addr in order.iter().filter(|a| servers.contains(a)) {
+            match self
+                .connect_one(*addr, Header::Client(client), self.connect_timeout)
+                .await
+            {
                 Ok(c) => return Ok(c),
                 Err(e) => {
                     warn!(backend = %self.name, error = %e, "backend server failed, trying the next");
@@ -128,21 +247,45 @@ impl Backend {
         Err(last)
     }
 
+    /// Connects to one server and reads its greeting; a failure is counted.
     async fn connect_one(
         &self,
         addr: SocketAddr,
-        client: &ClientIdentity,
+        header: Header<'_>,
+        timeout: Duration,
+    ) -> Result<BackendConn, BackendError> {
+        let result = self.try_connect_one(addr, header, timeout).await;
+        if result.is_err() {
+            metrics::backend_connect_failed(&self.name, &addr.to_string());
+        }
+        result
+    }
+
+    async fn try_connect_one(
+        &self,
+        addr: SocketAddr,
+        header: Header<'_>,
+        timeout: Duration,
     ) -> Result<BackendConn, BackendError> {
         let server = addr.to_string();
-        let timeout = self.connect_timeout;
         let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Err(_) => return Err(BackendError::ConnectTimeout { server, timeout }),
             Ok(Err(source)) => return Err(BackendError::Connect { server, source }),
             Ok(Ok(tcp)) => tcp,
         };
         let _ = tcp.set_nodelay(true);
+        let header = match header {
+            Header::Client(c) => identity::proxy_header(self.identity, c),
+            Header::Probe => {
+                let local = tcp.local_addr().map_err(|source| BackendError::Connect {
+                    server: server.clone(),
+                    source,
+                })?;
+                identity::probe_header(self.identity, local, addr)
+            }
+        };
         let mut io: Box<dyn BackendIo> = Box::new(tcp);
-        if let Some(header) = identity::proxy_header(self.identity, client) {
+        if let Some(header) = header {
             let sent = tokio::time::timeout(timeout, async {
                 io.write_all(&header).await?;
                 io.flush().await
@@ -169,6 +312,15 @@ impl Backend {
         }
         Ok(BackendConn { io, server, parser })
     }
+}
+
+/// What the PROXY header (if the pool sends one) says.
+#[derive(Debug, Clone, Copy)]
+enum Header<'a> {
+    /// The client's identity.
+    Client(&'a ClientIdentity),
+    /// A health probe: the proxy itself.
+    Probe,
 }
 
 /// Reads one complete reply.

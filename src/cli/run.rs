@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::listener::{self, ConnectionTable};
 use crate::session::ListenerContext;
 use crate::telemetry;
+use crate::telemetry::http::Readiness;
 use crate::tls::reload::{self, Reloader, forward_hangups};
 use crate::tls::{CertStore, TlsTerminator};
 
@@ -73,9 +74,32 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Accepted for forward compatibility, said out loud so nobody relies on it.
-    if config.metrics.is_some() {
-        warn!("[metrics] is set but the metrics endpoint is not implemented in this version yet");
+    // The endpoint is bound before anything is served: a port in use stops
+    // start-up like a listener's would.
+    let readiness = Arc::new(Readiness::default());
+    if let Some(address) = config.metrics {
+        let handle = match telemetry::metrics::install() {
+            Ok(h) => h,
+            Err(e) => {
+                error!(error = %e, "cannot install the metrics recorder");
+                return ExitCode::from(2);
+            }
+        };
+        let socket = match telemetry::http::bind(address).await {
+            Ok(s) => s,
+            Err(e) => {
+                error!(%address, error = %e, "cannot bind the metrics endpoint");
+                eprintln!(
+                    "{}: metrics.listen: cannot bind {address}: {e}",
+                    config.path.display()
+                );
+                return ExitCode::from(2);
+            }
+        };
+        tokio::spawn(telemetry::http::serve(socket, handle, readiness.clone()));
+    }
+    for c in tls.store().certificates() {
+        telemetry::metrics::certificate_not_after(&c.name, c.not_after);
     }
     let config = Arc::new(config);
     let reloader = Reloader::new(config.clone(), tls.clone(), anchors, reload_channel);
@@ -97,6 +121,11 @@ async fn run(config: Config) -> ExitCode {
             }
         }
     }
+
+    for b in &backends {
+        tokio::spawn(b.clone().probe_loop());
+    }
+    readiness.set_backends(backends.clone());
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let table = Arc::new(ConnectionTable::default());
@@ -134,9 +163,11 @@ async fn run(config: Config) -> ExitCode {
             shutdown_rx.clone(),
         )));
     }
+    readiness.set_listening();
     info!(hostname = %config.hostname, listeners = tasks.len(), "starttls-proxy ready");
 
     crate::shutdown::signal().await;
+    readiness.set_draining();
     info!(active = table.active(), grace = ?config.timeouts.shutdown_grace, "shutting down: no new connections, draining sessions");
     let _ = shutdown_tx.send(true);
     for t in tasks {

@@ -80,7 +80,12 @@ pub struct BackendConfig {
     pub target: BackendTarget,
     pub identity: Identity,
     pub received_header: bool,
+    /// Health probe period (connect + EHLO to every server).
+    pub health_interval: Duration,
 }
+
+/// Every server is probed this often unless `health_interval` says otherwise.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub enum BackendTarget {
@@ -343,11 +348,26 @@ impl Checker<'_> {
                     );
                 }
             }
+            let health_interval = match &b.health_interval {
+                None => DEFAULT_HEALTH_INTERVAL,
+                Some(h) => {
+                    let d = h.get_ref().0;
+                    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&d) {
+                        self.error(
+                            h,
+                            format!("{key}.health_interval"),
+                            "must be between 1s and 1h",
+                        );
+                    }
+                    d
+                }
+            };
             out.push(BackendConfig {
                 name,
                 target,
                 identity,
                 received_header: b.received_header.as_ref().is_some_and(|r| *r.get_ref()),
+                health_interval,
             });
         }
         out

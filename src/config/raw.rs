@@ -159,6 +159,8 @@ pub struct RawBackend {
     #[serde(default)]
     pub received_header: Option<Spanned<bool>>,
     pub sink: Option<Spanned<PathBuf>>,
+    /// How often each server is probed (connect, EHLO, QUIT).
+    pub health_interval: Option<Spanned<HumanDuration>>,
 }
 
 /// How the client's identity reaches the backend.

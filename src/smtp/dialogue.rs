@@ -39,6 +39,9 @@ pub struct PreTlsDialogue {
     errors: u32,
     /// The client's last accepted HELO/EHLO line, replayed for a plaintext relay.
     helo: Option<Vec<u8>>,
+    /// Extensions for the EHLO reply (the backend's, as last probed);
+    /// `None`: the built-in safe set.
+    extensions: Option<std::sync::Arc<Vec<String>>>,
 }
 
 impl PreTlsDialogue {
@@ -49,7 +52,15 @@ impl PreTlsDialogue {
             max_errors,
             errors: 0,
             helo: None,
+            extensions: None,
         }
+    }
+
+    /// Offers these extensions (already filtered to the pre-TLS safe set)
+    /// instead of the built-in ones.
+    pub fn with_extensions(mut self, extensions: Option<std::sync::Arc<Vec<String>>>) -> Self {
+        self.extensions = extensions;
+        self
     }
 
     /// The 220 greeting.
@@ -81,7 +92,11 @@ impl PreTlsDialogue {
             Command::Helo(name) if name.is_empty() => self.error(reply::HELO_SYNTAX),
             Command::Ehlo(_) => {
                 self.helo = Some(line);
-                Action::Reply(ehlo::pre_tls_reply(&self.hostname, true))
+                Action::Reply(ehlo::pre_tls_reply(
+                    &self.hostname,
+                    self.extensions.as_deref().map(Vec::as_slice),
+                    true,
+                ))
             }
             Command::Helo(_) => {
                 self.helo = Some(line);

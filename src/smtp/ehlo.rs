@@ -3,15 +3,23 @@
 
 use super::reply::BackendReply;
 
-/// Extensions offered before TLS besides `STARTTLS`. `AUTH` never is: no
-/// credentials in plaintext. (Issue #5 feeds these from the backend's
-/// health probe; until then this safe set is what every MTA we front has.)
+/// Extensions offered before TLS besides `STARTTLS` until the backend's
+/// health probe has seen its real ones (and for the sink): what every MTA
+/// we front has. `AUTH` never is: no credentials in plaintext.
 pub const PRE_TLS_EXTENSIONS: &[&str] = &["PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES"];
 
-/// The pre-TLS EHLO reply: `250-<hostname>`, the safe set, `STARTTLS` last.
-pub fn pre_tls_reply(hostname: &str, offer_starttls: bool) -> String {
+/// The pre-TLS EHLO reply: `250-<hostname>`, the backend's safe extensions
+/// as last probed (or the built-in set), `STARTTLS` last.
+pub fn pre_tls_reply(
+    hostname: &str,
+    extensions: Option<&[String]>,
+    offer_starttls: bool,
+) -> String {
     let mut lines: Vec<String> = vec![hostname.to_string()];
-    lines.extend(PRE_TLS_EXTENSIONS.iter().map(|s| s.to_string()));
+    match extensions {
+        Some(e) => lines.extend(e.iter().cloned()),
+        None => lines.extend(PRE_TLS_EXTENSIONS.iter().map(|s| s.to_string())),
+    }
     if offer_starttls {
         lines.push("STARTTLS".to_string());
     }
@@ -129,9 +137,19 @@ mod tests {
 
     #[test]
     fn pre_tls_never_offers_auth() {
-        let r = pre_tls_reply("mx.test", true);
+        let r = pre_tls_reply("mx.test", None, true);
         assert!(r.starts_with("250-mx.test\r\n"));
         assert!(r.ends_with("250 STARTTLS\r\n"));
         assert!(!r.contains("AUTH"));
+    }
+
+    #[test]
+    fn pre_tls_offers_the_probed_extensions() {
+        let probed = vec!["SIZE 1000".to_string(), "CHUNKING".to_string()];
+        let r = pre_tls_reply("mx.test", Some(&probed), true);
+        assert_eq!(
+            r,
+            "250-mx.test\r\n250-SIZE 1000\r\n250-CHUNKING\r\n250 STARTTLS\r\n"
+        );
     }
 }

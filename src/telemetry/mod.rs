@@ -1,4 +1,8 @@
-//! Logs (tracing, text or JSON on stderr). Metrics come with issue #6.
+//! Logs (tracing, text or JSON on stderr), Prometheus metrics and the
+//! `/metrics`, `/healthz`, `/ready` endpoint (DESIGN.md §6).
+
+pub mod http;
+pub mod metrics;
 
 use std::io::IsTerminal;
 

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::telemetry::metrics;
 use notify::Watcher;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -365,6 +366,10 @@ impl Reloader {
         }
         if candidates.iter().any(Option::is_some) {
             self.commit(candidates, &mut results);
+        }
+        for (t, r) in self.certs.iter().zip(&results) {
+            metrics::certificate_reload(&t.config.name, r.as_str());
+            metrics::certificate_not_after(&t.config.name, t.good.not_after);
         }
         self.rewatch();
         results

@@ -150,7 +150,7 @@ impl Proxy {
             .replace("{certs}", certs().to_str().unwrap())
             .replace("{dir}", dir.path().to_str().unwrap());
         let path = dir.path().join("proxy.toml");
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(&path, &text).unwrap();
         let mut child = Command::new(bin())
             .args(["run", "--config"])
             .arg(&path)
@@ -198,12 +198,45 @@ impl Proxy {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+        // Sessions depend on the first health probe (421 greeting when
+        // every server is down): wait for it, for deterministic tests.
+        let probed_backends = text.matches("servers = [").count();
+        while proxy.logs_with("backend health: first probe done").len() < probed_backends {
+            assert!(
+                Instant::now() < deadline,
+                "no first health probe: {}",
+                proxy.all_logs()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         proxy.addrs = proxy
             .logs_with("listener bound")
             .iter()
             .map(|v| v["address"].as_str().unwrap().parse().unwrap())
             .collect();
         proxy
+    }
+
+    /// The `[metrics] listen` address as bound.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.wait_log("metrics endpoint bound", 1)["address"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    /// `GET path` on the metrics endpoint: status code and body.
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(self.metrics_addr(), path)
+    }
+
+    /// The value of one series in `/metrics` (`name{labels}` exactly as
+    /// rendered, labels in the exporter's order), if present.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (status, body) = self.http_get("/metrics");
+        assert_eq!(status, 200, "{body}");
+        metric_value(&body, series)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -539,9 +572,40 @@ pub fn chain_subjects(s_client_output: &str) -> Vec<String> {
 
 /// A fake backend MTA speaking exact bytes: greets, records every byte,
 /// answers each command line from a script (default: 250).
+///
+/// The proxy's health probe connects too (EHLO with the proxy's hostname,
+/// `mx1.example.test`, then QUIT): those connections are kept apart from
+/// the client sessions, which [`FakeBackend::transcript`] returns.
 pub struct FakeBackend {
     pub addr: SocketAddr,
-    pub received: Arc<Mutex<Vec<u8>>>,
+    /// Every connection's bytes, in the order the connections came.
+    connections: Arc<Mutex<Vec<Recorded>>>,
+    behaviour: Arc<Mutex<FakeBehaviour>>,
+    stopped: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The bytes one connection sent.
+type Recorded = Arc<Mutex<Vec<u8>>>;
+
+/// The EHLO line of the proxy's health probe (the test configs' hostname).
+pub const PROBE_EHLO: &str = "EHLO mx1.example.test\r\n";
+
+fn is_probe(transcript: &[u8]) -> bool {
+    // After an optional PROXY header (v2 binary or v1 line), the probe's EHLO.
+    const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+    let rest = if transcript.starts_with(V2_SIGNATURE) && transcript.len() >= 16 {
+        let len = u16::from_be_bytes([transcript[14], transcript[15]]) as usize;
+        transcript.get(16 + len..).unwrap_or_default()
+    } else if transcript.starts_with(b"PROXY ") {
+        let end = transcript
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
+        &transcript[end..]
+    } else {
+        transcript
+    };
+    rest.starts_with(PROBE_EHLO.as_bytes())
 }
 
 #[derive(Clone, Copy)]
@@ -570,22 +634,75 @@ pub enum FakeBehaviour {
 
 impl FakeBackend {
     pub fn start(behaviour: FakeBehaviour) -> FakeBackend {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap(), behaviour)
+    }
+
+    /// On a given address (a backend coming back where it was).
+    pub fn start_on(addr: SocketAddr, behaviour: FakeBehaviour) -> FakeBackend {
+        let l = TcpListener::bind(addr).unwrap();
         let addr = l.local_addr().unwrap();
-        let received: Arc<Mutex<Vec<u8>>> = Arc::default();
-        let rec = received.clone();
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop_flag = stopped.clone();
+        let connections: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let behaviour = Arc::new(Mutex::new(behaviour));
+        let (conns, current) = (connections.clone(), behaviour.clone());
         std::thread::spawn(move || {
             for conn in l.incoming() {
                 let Ok(conn) = conn else { return };
-                let rec = rec.clone();
-                std::thread::spawn(move || fake_session(conn, behaviour, rec));
+                if stop_flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    return; // drops the listener: connections are refused from now on
+                }
+                let rec: Arc<Mutex<Vec<u8>>> = Arc::default();
+                conns.lock().unwrap().push(rec.clone());
+                let b = *current.lock().unwrap();
+                std::thread::spawn(move || fake_session(conn, b, rec));
             }
         });
-        FakeBackend { addr, received }
+        FakeBackend {
+            addr,
+            connections,
+            behaviour,
+            stopped,
+        }
     }
 
+    /// Stops listening (the backend went away after its health probe);
+    /// returns once connections are refused.
+    pub fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the accept loop, which sees the flag and drops the listener.
+        let _ = TcpStream::connect(self.addr);
+        wait_for("the fake backend to stop listening", TIMEOUT, || {
+            TcpStream::connect(self.addr).is_err().then_some(())
+        });
+    }
+
+    /// Connections accepted from now on behave like this (a backend that
+    /// passed its health probe and broke afterwards).
+    pub fn set_behaviour(&self, b: FakeBehaviour) {
+        *self.behaviour.lock().unwrap() = b;
+    }
+
+    /// What the client sessions sent, connection after connection.
     pub fn transcript(&self) -> String {
-        String::from_utf8_lossy(&self.received.lock().unwrap()).into_owned()
+        self.transcripts(false).concat()
+    }
+
+    /// What each health probe sent.
+    pub fn probes(&self) -> Vec<String> {
+        self.transcripts(true)
+    }
+
+    fn transcripts(&self, probes: bool) -> Vec<String> {
+        self.connections
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.lock().unwrap().clone())
+            .filter(|t| is_probe(t) == probes)
+            .map(|t| String::from_utf8_lossy(&t).into_owned())
+            .collect()
     }
 }
 
@@ -601,6 +718,7 @@ fn fake_session(mut conn: TcpStream, behaviour: FakeBehaviour, rec: Arc<Mutex<Ve
     let _ = conn.write_all(b"220 fake.backend.test ESMTP\r\n");
     let mut r = BufReader::new(conn.try_clone().unwrap());
     let mut in_data = false;
+    let mut first_line = true;
     loop {
         let mut line = Vec::new();
         match r.read_until(b'\n', &mut line) {
@@ -608,6 +726,26 @@ fn fake_session(mut conn: TcpStream, behaviour: FakeBehaviour, rec: Arc<Mutex<Ve
             Ok(_) => {}
         }
         rec.lock().unwrap().extend_from_slice(&line);
+        if first_line && line == b"\r\n" {
+            // A PROXY v2 header: the rest of the signature, version and
+            // command, family, length, then the addresses and TLVs. Binary,
+            // recorded as is, never answered.
+            let mut head = [0u8; 14];
+            if r.read_exact(&mut head).is_err() {
+                return;
+            }
+            let len = u16::from_be_bytes([head[12], head[13]]) as usize;
+            let mut rest = vec![0u8; len];
+            if r.read_exact(&mut rest).is_err() {
+                return;
+            }
+            let mut rec = rec.lock().unwrap();
+            rec.extend_from_slice(&head);
+            rec.extend_from_slice(&rest);
+            first_line = false;
+            continue;
+        }
+        first_line = false;
         if in_data {
             if line == b".\r\n" {
                 in_data = false;
@@ -766,4 +904,35 @@ pub fn postfix_send(port: u16, match_name: &str, sni: Option<&str>) -> (i32, Str
 /// `Path` helper for readability in tests.
 pub fn p(s: &str) -> &Path {
     Path::new(s)
+}
+
+// === HTTP (the metrics endpoint) ===
+
+/// A plain HTTP/1.1 GET with `Connection: close`: status code and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).expect("HTTP response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP head");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("HTTP status");
+    (status, body.to_string())
+}
+
+/// The value of `series` (name and labels exactly as rendered) in a
+/// Prometheus text exposition.
+pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
 }

@@ -1,0 +1,164 @@
+//! The `[metrics] listen` endpoint: `/metrics` (Prometheus text format),
+//! `/healthz` (the process answers) and `/ready` (it can take mail: the
+//! listeners are bound, it is not draining for shutdown, and every backend
+//! has a server that passed its last health probe).
+//!
+//! HTTP/1.1 by hyper; one request per connection, each connection bounded
+//! in time and in number, so a stuck scraper cannot pile up tasks.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use crate::backend::Backend;
+
+/// At most this many scrapes at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 16;
+/// A connection that has not finished its request and response by then is dropped.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often histograms are folded and idle state cleaned.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What `/ready` reports.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    listening: AtomicBool,
+    draining: AtomicBool,
+    backends: OnceLock<Vec<Arc<Backend>>>,
+}
+
+impl Readiness {
+    pub fn set_backends(&self, backends: Vec<Arc<Backend>>) {
+        let _ = self.backends.set(backends);
+    }
+
+    pub fn set_listening(&self) {
+        self.listening.store(true, Ordering::Release);
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// `Ok` when ready, else every reason why not.
+    pub fn check(&self) -> Result<(), Vec<String>> {
+        let mut why = Vec::new();
+        if !self.listening.load(Ordering::Acquire) {
+            why.push("listeners not bound yet".to_string());
+        }
+        if self.draining.load(Ordering::Acquire) {
+            why.push("shutting down".to_string());
+        }
+        for b in self.backends.get().map(Vec::as_slice).unwrap_or_default() {
+            if !b.health().any_up() {
+                why.push(format!("backend {}: no server up", b.name));
+            }
+        }
+        if why.is_empty() { Ok(()) } else { Err(why) }
+    }
+}
+
+/// Binds the endpoint (an error here stops start-up, like a listener).
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind(address).await?;
+    let bound = listener.local_addr().unwrap_or(address);
+    info!(address = %bound, "metrics endpoint bound");
+    Ok(listener)
+}
+
+/// Serves the endpoint until the process ends.
+pub async fn serve(listener: TcpListener, handle: PrometheusHandle, readiness: Arc<Readiness>) {
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "metrics endpoint: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let handle = handle.clone();
+        let readiness = readiness.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let response = respond(&req, &handle, &readiness);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(tcp), service);
+            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(%peer, error = %e, "metrics endpoint: bad request"),
+                Err(_) => warn!(%peer, "metrics endpoint: request timed out"),
+            }
+            drop(permit);
+        });
+    }
+}
+
+fn respond(
+    req: &Request<Incoming>,
+    handle: &PrometheusHandle,
+    readiness: &Readiness,
+) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD only\n".into());
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let mut r = text(StatusCode::OK, handle.render());
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/ready" => match readiness.check() {
+            Ok(()) => text(StatusCode::OK, "ready\n".into()),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {}\n", why.join("; ")),
+            ),
+        },
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /healthz or /ready\n".into(),
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}

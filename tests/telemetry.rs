@@ -1,0 +1,217 @@
+//! The `[metrics]` endpoint: `/metrics`, `/healthz`, `/ready`, and the
+//! backend health probe that feeds `/ready`, `backend_up`, the greeting and
+//! the pre-TLS EHLO.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use support::*;
+
+const METRICS: &str = "\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
+
+fn tls_session(proxy: &Proxy) -> Smtp {
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("220");
+    c.cmd("EHLO client.test", "250");
+    c.cmd("STARTTLS", "220");
+    c.start_tls(Some("mx1.example.test"), "mx1.example.test")
+        .expect("handshake")
+}
+
+fn send_one_message(c: &mut Smtp) {
+    c.cmd("EHLO client.test", "250");
+    c.cmd("MAIL FROM:<a@sender.test>", "250");
+    c.cmd("RCPT TO:<b@example.test>", "250");
+    c.cmd("DATA", "354");
+    c.send_raw(b"Subject: counted\r\n\r\nbody\r\n.\r\n");
+    c.expect("250");
+    c.cmd("QUIT", "221");
+}
+
+/// A free loopback address (bound, then released).
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[test]
+fn metrics_count_connections_handshakes_sessions_and_messages() {
+    let proxy = Proxy::start(ProxyConfig::sink().append(METRICS));
+    let listener = proxy.addr().to_string();
+    let mut c = tls_session(&proxy);
+    send_one_message(&mut c);
+    proxy.wait_log("session", 1);
+
+    let (status, body) = proxy.http_get("/metrics");
+    assert_eq!(status, 200);
+    let get = |series: &str| metric_value(&body, series);
+    assert_eq!(
+        get(&format!(
+            "starttls_proxy_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        get(&format!(
+            "starttls_proxy_connections_total{{listener=\"{listener}\"}}"
+        )),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        get("starttls_proxy_sessions_total{tls=\"starttls\"}"),
+        Some(1.0)
+    );
+    let handshake = proxy.wait_log("tls handshake", 1);
+    assert_eq!(
+        get(&format!(
+            "starttls_proxy_tls_handshakes_total{{version=\"{}\",cipher=\"{}\",sni=\"matched\",certificate=\"{}\"}}",
+            handshake["version"].as_str().unwrap(),
+            handshake["cipher"].as_str().unwrap(),
+            handshake["certificate"].as_str().unwrap(),
+        )),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        get("starttls_proxy_tls_handshake_duration_seconds_count"),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(get("starttls_proxy_messages_relayed_total"), Some(1.0));
+    let up = get("starttls_proxy_bytes_relayed_total{direction=\"client_to_backend\"}").unwrap();
+    let down = get("starttls_proxy_bytes_relayed_total{direction=\"backend_to_client\"}").unwrap();
+    let session = proxy.wait_log("session", 1);
+    assert_eq!(up, session["bytes_in"].as_f64().unwrap());
+    assert_eq!(down, session["bytes_out"].as_f64().unwrap());
+    // The connection is over: nothing active.
+    wait_for("connections_active back to 0", TIMEOUT, || {
+        (proxy.metric("starttls_proxy_connections_active") == Some(0.0)).then_some(())
+    });
+    // Every configured certificate has its expiry.
+    for name in ["mx1", "mx1-ecdsa", "tenant2", "wild"] {
+        let not_after = get(&format!(
+            "starttls_proxy_certificate_not_after_timestamp_seconds{{certificate=\"{name}\"}}"
+        ))
+        .unwrap_or_else(|| panic!("no not_after for {name}: {body}"));
+        assert!(not_after > 1.7e9, "{name}: {not_after}");
+    }
+    assert!(body.contains("# TYPE starttls_proxy_tls_handshake_duration_seconds histogram"));
+}
+
+#[test]
+fn healthz_and_ready_follow_the_backend_health() {
+    // The backend's address is known but nothing listens there yet.
+    let addr = free_addr();
+    let proxy = Proxy::start(
+        ProxyConfig::servers(&[addr])
+            .replace(
+                &format!("servers = [\"{addr}\"]"),
+                &format!("servers = [\"{addr}\"]\nhealth_interval = \"1s\""),
+            )
+            .append(METRICS),
+    );
+    assert_eq!(proxy.http_get("/healthz"), (200, "ok\n".to_string()));
+    let (status, body) = proxy.http_get("/ready");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("backend b: no server up"), "{body}");
+    let series = format!("starttls_proxy_backend_up{{backend=\"b\",server=\"{addr}\"}}");
+    assert_eq!(proxy.metric(&series), Some(0.0));
+    assert!(
+        proxy
+            .metric(&format!(
+                "starttls_proxy_backend_connect_failures_total{{backend=\"b\",server=\"{addr}\"}}"
+            ))
+            .is_some_and(|n| n >= 1.0)
+    );
+    // Every server down: 421 at once.
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("421 4.4.1");
+
+    // The backend comes back: the next probe sees it.
+    let _backend = FakeBackend::start_on(addr, FakeBehaviour::Normal);
+    proxy.wait_log("backend server up", 1);
+    assert_eq!(proxy.metric(&series), Some(1.0));
+    assert_eq!(proxy.http_get("/ready"), (200, "ready\n".to_string()));
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("220 mx1.example.test");
+
+    assert_eq!(proxy.http_get("/nothing").0, 404);
+}
+
+#[test]
+fn the_pre_tls_ehlo_offers_the_backends_extensions_as_probed() {
+    let b = FakeBackend::start(FakeBehaviour::Normal);
+    let proxy = Proxy::start(ProxyConfig::servers(&[b.addr]));
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("220");
+    // The fake backend offers PIPELINING, STARTTLS, AUTH and 8BITMIME: AUTH
+    // is never offered before TLS, STARTTLS is the proxy's own, and
+    // ENHANCEDSTATUSCODES (in the built-in set) is not claimed for a backend
+    // that lacks it.
+    assert_eq!(
+        c.cmd("EHLO client.test", "250"),
+        "250-mx1.example.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 STARTTLS\r\n"
+    );
+}
+
+#[test]
+fn the_probe_speaks_for_the_proxy_itself() {
+    let v1 = FakeBackend::start(FakeBehaviour::Normal);
+    let v2 = FakeBackend::start(FakeBehaviour::Normal);
+    let config = ProxyConfig::servers(&[v1.addr])
+        .replace(
+            &format!("servers = [\"{}\"]", v1.addr),
+            &format!("servers = [\"{}\"]\nidentity = \"proxy-v1\"", v1.addr),
+        )
+        .append(&format!(
+            "\n[[backend]]\nname = \"b2\"\nservers = [\"{}\"]\nidentity = \"proxy-v2\"\n",
+            v2.addr
+        ));
+    let _proxy = Proxy::start(config);
+    // v1: the probe connection's own addresses (Postfix refuses UNKNOWN).
+    let probes = v1.probes();
+    let first = probes.first().expect("a probe of the v1 backend");
+    let port = v1.addr.port();
+    assert!(
+        first.starts_with("PROXY TCP4 127.0.0.1 127.0.0.1 ")
+            && first.contains(&format!(" {port}\r\nEHLO mx1.example.test\r\nQUIT\r\n")),
+        "{probes:?}"
+    );
+    // v2: the 12-byte signature, version 2 + LOCAL (0x20), no addresses.
+    let probes = v2.probes();
+    let first = probes.first().expect("a probe of the v2 backend");
+    let sig = "\r\n\r\n\0\r\nQUIT\n";
+    assert!(first.starts_with(sig), "{first:?}");
+    assert_eq!(
+        &first.as_bytes()[12..16],
+        &[0x20, 0x00, 0x00, 0x00],
+        "{first:?}"
+    );
+    assert!(first.ends_with("EHLO mx1.example.test\r\nQUIT\r\n"));
+    assert!(v1.transcript().is_empty() && v2.transcript().is_empty());
+}
+
+#[test]
+fn rejected_connections_are_counted_by_reason() {
+    let proxy = Proxy::start(
+        ProxyConfig::sink()
+            .append("\n[limits]\nmax_connections_per_ip = 1\n")
+            .append(METRICS),
+    );
+    let mut first = Smtp::connect(proxy.addr());
+    first.expect("220");
+    let mut second = Smtp::connect(proxy.addr());
+    second.expect("421");
+    assert_eq!(
+        proxy
+            .metric("starttls_proxy_connections_rejected_total{reason=\"max_connections_per_ip\"}"),
+        Some(1.0)
+    );
+    assert_eq!(proxy.metric("starttls_proxy_connections_active"), Some(1.0));
+}
