@@ -25,6 +25,7 @@ use crate::smtp::dialogue::{Action, PreTlsDialogue};
 use crate::smtp::reply;
 use crate::telemetry::metrics;
 use crate::tls::TlsTerminator;
+use crate::tls::hello::{self, Progress, Replay};
 
 /// What every session of one listener shares.
 #[derive(Debug)]
@@ -229,7 +230,18 @@ async fn pre_tls(
                     if looks_like_tls(codec.buffer()) {
                         // A client speaking implicit TLS to a STARTTLS port: no
                         // SMTP reply can reach it, so close at once.
-                        warn!(%peer, reason = "implicit_tls_on_starttls_port", "TLS ClientHello received before STARTTLS; closing");
+                        let reason = "implicit_tls_on_starttls_port";
+                        metrics::handshake_failed(reason);
+                        let offered = match hello::progress(codec.buffer()) {
+                            Progress::Complete(n) => hello::parse(&codec.buffer()[..n]),
+                            _ => None,
+                        }
+                        .map(|h| h.max_version);
+                        if let Some(v) = offered {
+                            metrics::client_max_version(v.as_str());
+                        }
+                        let offered = offered.map_or("unknown", |v| v.as_str());
+                        warn!(%peer, reason, client_max_version = offered, "TLS ClientHello received before STARTTLS; closing");
                         log_plain_end(peer, &dialogue, "implicit_tls_on_starttls_port");
                         return;
                     }
@@ -261,7 +273,7 @@ async fn handshake<IO>(
     tls: &TlsTerminator,
     io: IO,
     peer: SocketAddr,
-) -> Option<(tokio_rustls::server::TlsStream<IO>, TlsFacts)>
+) -> Option<(tokio_rustls::server::TlsStream<Replay<IO>>, TlsFacts)>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -275,6 +287,7 @@ where
                 serial = %info.serial,
                 version = info.version,
                 cipher = info.cipher,
+                group = info.group,
                 duration_ms = duration_ms(info.duration),
                 "tls handshake"
             );
@@ -293,8 +306,21 @@ where
             Some((stream, facts))
         }
         Err(e) => {
-            metrics::handshake_failed(e.reason());
-            warn!(%peer, reason = e.reason(), error = %e, "tls handshake failed");
+            let reason = e.reason();
+            metrics::handshake_failed(reason);
+            let sni = e.hello.as_ref().map(|h| match (&h.sni, h.sni_present) {
+                (Some(name), _) => name.as_str(),
+                (None, true) => "invalid",
+                (None, false) => "none",
+            });
+            warn!(
+                %peer,
+                reason,
+                client_max_version = e.offered(),
+                sni = sni.unwrap_or("unknown"),
+                error = %e,
+                "tls handshake failed"
+            );
             None
         }
     }

@@ -215,3 +215,135 @@ fn rejected_connections_are_counted_by_reason() {
     );
     assert_eq!(proxy.metric("starttls_proxy_connections_active"), Some(1.0));
 }
+
+/// Series in an exposition (sample lines).
+fn series(exposition: &str) -> Vec<String> {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' ').map(|(name, _)| name.to_string()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+#[test]
+fn a_thousand_random_sni_values_add_no_series() {
+    let proxy = Proxy::start(ProxyConfig::sink().append(METRICS));
+    let config = std::sync::Arc::new(accept_any_certificate_config());
+    let handshake = |i: usize| {
+        let mut c = Smtp::connect(proxy.addr());
+        c.expect("220");
+        c.cmd("EHLO client.test", "250");
+        c.cmd("STARTTLS", "220");
+        // Distinct, random-looking names nobody configured.
+        let sni = format!(
+            "r{:x}.attacker{}.invalid",
+            i.wrapping_mul(0x9e37_79b9),
+            i % 7
+        );
+        let mut c = c.start_tls_shared(config.clone(), &sni).expect("handshake");
+        c.cmd("QUIT", "221");
+    };
+    handshake(usize::MAX);
+    proxy.wait_log("session", 1);
+    let before = series(&proxy.http_get("/metrics").1);
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let handshake = &handshake;
+            s.spawn(move || {
+                for i in 0..250 {
+                    handshake(t * 1000 + i);
+                }
+            });
+        }
+    });
+    proxy.wait_log("session", 1001);
+    let (_, after_text) = proxy.http_get("/metrics");
+    let after = series(&after_text);
+    assert_eq!(before, after, "series appeared or vanished");
+    assert!(
+        !after_text.contains("attacker"),
+        "a client's SNI became a label"
+    );
+    let handshakes: f64 = after_text
+        .lines()
+        .filter(|l| l.starts_with("starttls_proxy_tls_handshakes_total{"))
+        .filter(|l| l.contains("sni=\"unmatched\""))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert_eq!(handshakes, 1001.0);
+}
+
+/// `promtool check metrics` on a live exposition with every kind of series
+/// present (handshakes, a failure, a relayed message, a rejected connection).
+#[test]
+fn the_exposition_passes_promtool() {
+    let proxy = Proxy::start(ProxyConfig::sink().append(METRICS));
+    let mut c = tls_session(&proxy);
+    send_one_message(&mut c);
+    let (ok, _) = s_client(proxy.addr(), &["-tls1", "-cipher", "DEFAULT@SECLEVEL=0"]);
+    assert!(!ok);
+    proxy.wait_log("tls handshake failed", 1);
+    let (_, body) = proxy.http_get("/metrics");
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect(
+            "promtool (Debian's prometheus package, installed by scripts/install-test-deps.sh)",
+        );
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{report}\n{body}");
+    // promtool passes lint problems with exit 0 but prints them.
+    assert!(report.trim().is_empty(), "promtool lint: {report}\n{body}");
+    for name in [
+        "starttls_proxy_tls_handshake_failures_total",
+        "starttls_proxy_tls_client_max_version_total",
+        "starttls_proxy_messages_relayed_total",
+        "starttls_proxy_certificate_reloads_total",
+    ] {
+        assert!(
+            body.contains(&format!("# TYPE {name} counter")),
+            "{name}: {body}"
+        );
+    }
+}
+
+/// The alert rules and their unit tests (deploy/monitoring) with promtool.
+#[test]
+fn the_alert_rules_pass_promtool() {
+    let dir = repo().join("deploy/monitoring");
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts.test.yml"],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect(
+                "promtool (Debian's prometheus package, installed by scripts/install-test-deps.sh)",
+            );
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -10,12 +10,14 @@ use arc_swap::ArcSwap;
 use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ProtocolVersion, ServerConfig};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use super::hello::{self, ClientHelloSummary, Progress, Replay, Version, alert_label};
 use super::store::{CertStore, Selection, SniMatch};
 use crate::config::MinVersion;
+use crate::telemetry::metrics;
 
 /// What one successful handshake was, for the log line and metrics.
 #[derive(Debug, Clone)]
@@ -29,10 +31,86 @@ pub struct HandshakeInfo {
     pub serial: String,
     pub version: &'static str,
     pub cipher: &'static str,
+    /// Key exchange group (e.g. X25519), `none` on resumption.
+    pub group: &'static str,
     pub duration: Duration,
 }
 
-/// Why a handshake failed; `reason()` is the bounded metric label.
+/// Why a handshake failed: the cause, and what the client had offered.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct HandshakeFailure {
+    #[source]
+    pub error: HandshakeError,
+    /// The client's ClientHello, when one was read and parsed.
+    pub hello: Option<ClientHelloSummary>,
+    /// The configured floor, to tell a version mismatch from the rest.
+    min_version: MinVersion,
+}
+
+impl HandshakeFailure {
+    /// A label from the fixed set of DESIGN.md §6 (the metric's `reason`).
+    pub fn reason(&self) -> &'static str {
+        let floor = match self.min_version {
+            MinVersion::Tls12 => Version::Tls12,
+            MinVersion::Tls13 => Version::Tls13,
+        };
+        let below_floor = self
+            .hello
+            .as_ref()
+            .is_some_and(|h| h.max_version != Version::Unknown && h.max_version < floor);
+        match &self.error {
+            HandshakeError::Timeout(_) => "timeout",
+            HandshakeError::Eof => "eof",
+            HandshakeError::Reset => "reset",
+            HandshakeError::NotTls => "not_tls",
+            HandshakeError::Io(_) => "other:io",
+            // Whatever rustls tripped over first, a client whose best is
+            // below our floor failed because of the version.
+            HandshakeError::Tls(_) if below_floor => "protocol_version",
+            HandshakeError::Tls(e) => tls_reason(e, self.hello.is_some()),
+        }
+    }
+
+    /// The highest version the client offered, for the log line.
+    pub fn offered(&self) -> &'static str {
+        self.hello
+            .as_ref()
+            .map_or("unknown", |h| h.max_version.as_str())
+    }
+}
+
+fn tls_reason(e: &rustls::Error, hello_parsed: bool) -> &'static str {
+    use rustls::{Error as E, PeerIncompatible as P};
+    match e {
+        E::AlertReceived(a) => alert_label(u8::from(*a)),
+        // Nothing to agree on: cipher suite, key exchange (a TLS 1.2
+        // client with RSA key exchange only) or signature scheme.
+        E::PeerIncompatible(
+            P::NoCipherSuitesInCommon | P::NoKxGroupsInCommon | P::NoSignatureSchemesInCommon,
+        ) => "no_shared_cipher",
+        E::PeerIncompatible(
+            P::ServerDoesNotSupportTls12Or13
+            | P::SupportedVersionsExtensionRequired
+            | P::Tls12NotOffered
+            | P::Tls12NotOfferedOrEnabled,
+        ) => "protocol_version",
+        E::PeerIncompatible(_) => "other:peer_incompatible",
+        // Records that looked like TLS but were not a ClientHello either
+        // we or rustls could read.
+        E::InvalidMessage(_) if !hello_parsed => "not_tls",
+        E::InvalidMessage(_) => "other:invalid_message",
+        E::InappropriateMessage { .. } | E::InappropriateHandshakeMessage { .. } => {
+            "other:inappropriate_message"
+        }
+        E::PeerMisbehaved(_) => "other:peer_misbehaved",
+        E::InvalidCertificate(_) => "other:invalid_certificate",
+        E::General(_) => "other:general",
+        _ => "other:tls",
+    }
+}
+
+/// The cause of a failed handshake.
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
     #[error("no complete handshake within {0:?}")]
@@ -41,6 +119,8 @@ pub enum HandshakeError {
     Eof,
     #[error("connection reset during handshake")]
     Reset,
+    #[error("not a TLS handshake")]
+    NotTls,
     #[error("TLS error: {0}")]
     Tls(#[source] rustls::Error),
     #[error("I/O error during handshake: {0}")]
@@ -66,33 +146,6 @@ impl HandshakeError {
             Some(Ok(tls)) => Self::Tls(*tls),
             Some(Err(other)) => Self::Io(io::Error::new(kind, other)),
             None => Self::Io(io::Error::from(kind)),
-        }
-    }
-
-    /// A label from a fixed set (issue #6 refines these from the ClientHello).
-    pub fn reason(&self) -> &'static str {
-        use rustls::{Error as E, PeerIncompatible as P};
-        match self {
-            Self::Timeout(_) => "timeout",
-            Self::Eof => "eof",
-            Self::Reset => "reset",
-            Self::Io(_) => "other",
-            Self::Tls(e) => match e {
-                E::PeerIncompatible(
-                    P::ServerDoesNotSupportTls12Or13
-                    | P::SupportedVersionsExtensionRequired
-                    | P::Tls12NotOffered
-                    | P::Tls12NotOfferedOrEnabled
-                    // TLS 1.0/1.1 ClientHellos carry no signature_algorithms
-                    // extension; rustls stops there before the version check.
-                    // Issue #6 classifies from the parsed ClientHello instead.
-                    | P::SignatureAlgorithmsExtensionRequired,
-                ) => "protocol_version",
-                E::PeerIncompatible(P::NoCipherSuitesInCommon) => "no_shared_cipher",
-                E::AlertReceived(_) => "alert_received",
-                E::InvalidMessage(_) => "not_tls",
-                _ => "other",
-            },
         }
     }
 }
@@ -210,21 +263,53 @@ impl TlsTerminator {
     }
 
     /// Runs the server side of a handshake on `io`, bounded by `timeout`.
+    /// The ClientHello is read and inspected first (for telemetry), then
+    /// replayed to rustls.
     pub async fn accept<IO>(
         &self,
-        io: IO,
+        mut io: IO,
         timeout: Duration,
-    ) -> Result<(TlsStream<IO>, HandshakeInfo), HandshakeError>
+    ) -> Result<(TlsStream<Replay<IO>>, HandshakeInfo), HandshakeFailure>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + timeout;
-        let start =
-            tokio::time::timeout_at(deadline, LazyConfigAcceptor::new(Acceptor::default(), io))
-                .await
-                .map_err(|_| HandshakeError::Timeout(timeout))?
-                .map_err(HandshakeError::from_io)?;
+        let min_version = self.settings.load().0;
+        let fail = |error, hello| HandshakeFailure {
+            error,
+            hello,
+            min_version,
+        };
+        let mut buf: Vec<u8> = Vec::with_capacity(2048);
+        let hello = loop {
+            match hello::progress(&buf) {
+                Progress::Complete(n) => break hello::parse(&buf[..n]),
+                Progress::GiveUp => break None,
+                Progress::NotTls => return Err(fail(HandshakeError::NotTls, None)),
+                Progress::NeedMore => {}
+            }
+            match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
+                Err(_) => return Err(fail(HandshakeError::Timeout(timeout), None)),
+                Ok(Ok(0)) => return Err(fail(HandshakeError::Eof, None)),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(fail(HandshakeError::from_io(e), None)),
+            }
+        };
+        if let Some(h) = &hello {
+            metrics::client_max_version(h.max_version.as_str());
+        }
+        let io = Replay::new(buf, io);
+        let start = match tokio::time::timeout_at(
+            deadline,
+            LazyConfigAcceptor::new(Acceptor::default(), io),
+        )
+        .await
+        {
+            Err(_) => return Err(fail(HandshakeError::Timeout(timeout), hello)),
+            Ok(Err(e)) => return Err(fail(HandshakeError::from_io(e), hello)),
+            Ok(Ok(s)) => s,
+        };
 
         let sni = start
             .client_hello()
@@ -236,10 +321,12 @@ impl TlsTerminator {
         });
         let mut config = (**self.base.load()).clone();
         config.cert_resolver = chooser.clone();
-        let stream = tokio::time::timeout_at(deadline, start.into_stream(Arc::new(config)))
-            .await
-            .map_err(|_| HandshakeError::Timeout(timeout))?
-            .map_err(HandshakeError::from_io)?;
+        let stream =
+            match tokio::time::timeout_at(deadline, start.into_stream(Arc::new(config))).await {
+                Err(_) => return Err(fail(HandshakeError::Timeout(timeout), hello)),
+                Ok(Err(e)) => return Err(fail(HandshakeError::from_io(e), hello)),
+                Ok(Ok(s)) => s,
+            };
 
         let (_, conn) = stream.get_ref();
         let version = match conn.protocol_version() {
@@ -251,6 +338,10 @@ impl TlsTerminator {
             .negotiated_cipher_suite()
             .and_then(|s| s.suite().as_str())
             .unwrap_or("unknown");
+        let group = conn
+            .negotiated_key_exchange_group()
+            .and_then(|g| g.name().as_str())
+            .unwrap_or("none");
         let (sni_match, certificate, serial) = match chooser.chosen.get() {
             Some(s) => (s.sni, s.cert.name.clone(), s.cert.serial.clone()),
             // Resumption (tickets on) asks no resolver: classify the SNI the
@@ -268,6 +359,7 @@ impl TlsTerminator {
             serial,
             version,
             cipher,
+            group,
             duration: started.elapsed(),
         };
         Ok((stream, info))

@@ -3,10 +3,11 @@
 //! ClientHello, chooses, and completes the handshake (`acceptor`).
 
 pub mod acceptor;
+pub mod hello;
 pub mod load;
 pub mod reload;
 pub mod store;
 pub mod validate;
 
-pub use acceptor::{HandshakeError, HandshakeInfo, TlsTerminator};
+pub use acceptor::{HandshakeError, HandshakeFailure, HandshakeInfo, TlsTerminator};
 pub use store::{CertStore, SniMatch};
