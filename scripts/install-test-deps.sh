@@ -6,7 +6,8 @@
 #
 # Installs (apt, --no-install-recommends, non-interactive):
 #   postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libio-socket-inet6-perl
-#   openssl ca-certificates python3 iproute2 procps
+#   openssl ca-certificates python3 iproute2 procps prometheus (for promtool;
+#   the prometheus server it brings is never started by the tests)
 #
 # - Idempotent: when every package is already installed (dpkg-query) it only
 #   re-checks that no system postfix runs and that the commands exist (~0.1 s).
@@ -26,8 +27,8 @@ ME=install-test-deps.sh
 die() { echo "$ME: ERROR: $*" >&2; exit 1; }
 
 PKGS=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libio-socket-inet6-perl
-      openssl ca-certificates python3 iproute2 procps)
-CMDS=(postfix postconf swaks openssl python3 ss)
+      openssl ca-certificates python3 iproute2 procps prometheus)
+CMDS=(postfix postconf swaks openssl python3 ss promtool)
 
 [ "$(id -u)" = 0 ] || die "must run as root (apt-get; the tests run private postfix instances)"
 command -v apt-get >/dev/null 2>&1 || die "apt-get not found: Debian 12 (or Ubuntu) required"
@@ -73,6 +74,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
   done
 else
   echo "$ME: all packages already installed"
+fi
+
+# Only promtool is wanted from the prometheus package: its server must not
+# run (it would listen on :9090 and scrape nothing).
+if [ -d /run/systemd/system ]; then
+  systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
 
 # The system postfix (default config) must not run. Private instances (started
