@@ -162,3 +162,28 @@ fn unbindable_listener_fails_start_naming_the_key() {
         "{stderr}"
     );
 }
+
+#[test]
+fn unbindable_metrics_endpoint_fails_start_and_log_format_flag_wins() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap().to_string();
+    let dir = tempdir();
+    let config = ProxyConfig::sink()
+        .replace("format = \"json\"", "format = \"text\"")
+        .append(&format!("\n[metrics]\nlisten = \"{taken}\"\n"));
+    let path = write_config(&dir, &config.text);
+    let out = run_bin(&["run", "--log-format", "json", "--config", &path]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("metrics.listen: cannot bind {taken}")),
+        "{stderr}"
+    );
+    // The log lines are JSON although the config says text.
+    let logged: serde_json::Value = stderr
+        .lines()
+        .find(|l| l.contains("cannot bind the metrics endpoint"))
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON log line: {stderr}"));
+    assert_eq!(logged["address"], taken);
+}

@@ -17,6 +17,9 @@ pub struct Cli {
     /// Config file.
     #[arg(long, short = 'c', global = true, default_value = crate::config::DEFAULT_PATH)]
     pub config: PathBuf,
+    /// Log format for `run`, overriding `[log] format`.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<crate::config::LogFormat>,
     #[command(subcommand)]
     pub command: Option<Cmd>,
 }

@@ -16,14 +16,17 @@ use crate::telemetry::http::Readiness;
 use crate::tls::reload::{self, Reloader, forward_hangups};
 use crate::tls::{CertStore, TlsTerminator};
 
-pub fn main(path: &std::path::Path) -> ExitCode {
-    let config = match Config::load(path) {
+pub fn main(path: &std::path::Path, log_format: Option<crate::config::LogFormat>) -> ExitCode {
+    let mut config = match Config::load(path) {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{errors}");
             return ExitCode::from(2);
         }
     };
+    if let Some(f) = log_format {
+        config.log.format = f;
+    }
     telemetry::init_logs(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
