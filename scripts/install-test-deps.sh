@@ -8,6 +8,7 @@
 #   postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libio-socket-inet6-perl
 #   openssl ca-certificates python3 iproute2 procps prometheus (for promtool;
 #   the prometheus server it brings is never started by the tests)
+#   dnsmasq-base (the binary only: the XCLIENT tests run a private DNS server)
 #
 # - Idempotent: when every package is already installed (dpkg-query) it only
 #   re-checks that no system postfix runs and that the commands exist (~0.1 s).
@@ -27,8 +28,8 @@ ME=install-test-deps.sh
 die() { echo "$ME: ERROR: $*" >&2; exit 1; }
 
 PKGS=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libio-socket-inet6-perl
-      openssl ca-certificates python3 iproute2 procps prometheus)
-CMDS=(postfix postconf swaks openssl python3 ss promtool)
+      openssl ca-certificates python3 iproute2 procps prometheus dnsmasq-base)
+CMDS=(postfix postconf swaks openssl python3 ss promtool dnsmasq)
 
 [ "$(id -u)" = 0 ] || die "must run as root (apt-get; the tests run private postfix instances)"
 command -v apt-get >/dev/null 2>&1 || die "apt-get not found: Debian 12 (or Ubuntu) required"

@@ -74,6 +74,7 @@ pub async fn run(
         client: peer,
         local,
         tls: None,
+        helo: None,
     };
     match ctx.mode {
         ListenerMode::Implicit => {
@@ -368,6 +369,10 @@ async fn relay_to_backend<C>(
     let started = std::time::Instant::now();
     let peer = who.client;
     metrics::session(tls.as_str());
+    let who = ClientIdentity {
+        helo: helo_name.clone(),
+        ..who
+    };
     let backend = match ctx.backend.connect(&who).await {
         Ok(b) => b,
         Err(e) => {

@@ -19,6 +19,8 @@ pub struct ClientIdentity {
     pub local: SocketAddr,
     /// The TLS facts, when the session is in TLS.
     pub tls: Option<TlsFacts>,
+    /// The client's HELO/EHLO name so far (for XCLIENT HELO).
+    pub helo: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +132,7 @@ mod tests {
 
     fn id(tls: bool) -> ClientIdentity {
         ClientIdentity {
+            helo: None,
             client: "192.0.2.7:40000".parse().unwrap(),
             local: "[::ffff:198.51.100.1]:25".parse().unwrap(),
             tls: tls.then(|| TlsFacts {

@@ -8,6 +8,7 @@
 pub mod health;
 pub mod identity;
 pub mod sink;
+pub mod xclient;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -78,6 +79,12 @@ pub enum BackendError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "{server}: does not offer XCLIENT to the proxy (Postfix: smtpd_authorized_xclient_hosts)"
+    )]
+    XclientNotOffered { server: String },
+    #[error("{server}: XCLIENT refused: {text}")]
+    XclientRefused { server: String, text: String },
     #[error("backend {backend:?} has no server")]
     NoServers { backend: String },
 }
@@ -101,6 +108,8 @@ pub struct Backend {
     hostname: String,
     health: Health,
     health_interval: Duration,
+    /// For `identity = "xclient"`: the client's forward-confirmed name.
+    dns: Option<xclient::Dns>,
 }
 
 impl Backend {
@@ -109,6 +118,7 @@ impl Backend {
         config: &BackendConfig,
         hostname: &str,
         connect_timeout: Duration,
+        dns: Option<xclient::Dns>,
     ) -> std::io::Result<Self> {
         let (target, health) = match &config.target {
             BackendTarget::Servers(s) => (Target::Servers(s.clone()), Health::new(s)),
@@ -126,6 +136,7 @@ impl Backend {
             hostname: hostname.to_string(),
             health,
             health_interval: config.health_interval,
+            dns,
         })
     }
 
@@ -218,7 +229,11 @@ impl Backend {
                 text: reply.first_line_text(),
             });
         }
-        Ok(reply.texts())
+        let texts = reply.texts();
+        if self.identity == Identity::Xclient && xclient::announced(&texts).is_none() {
+            return Err(BackendError::XclientNotOffered { server });
+        }
+        Ok(texts)
     }
 
     /// Connects to the first server that greets positively, telling it who
@@ -274,6 +289,7 @@ impl Backend {
             Ok(Ok(tcp)) => tcp,
         };
         let _ = tcp.set_nodelay(true);
+        let header_kind = header;
         let header = match header {
             Header::Client(c) => identity::proxy_header(self.identity, c),
             Header::Probe => {
@@ -310,7 +326,67 @@ impl Backend {
                 text: greeting.first_line_text(),
             });
         }
+        if let (Identity::Xclient, Header::Client(client)) = (self.identity, header_kind) {
+            tokio::time::timeout(
+                timeout,
+                self.send_xclient(&mut io, &mut parser, &server, client),
+            )
+            .await
+            .map_err(|_| BackendError::GreetingTimeout {
+                server: server.clone(),
+                timeout,
+            })??;
+        }
         Ok(BackendConn { io, server, parser })
+    }
+
+    /// EHLO, then XCLIENT with what the backend announced; its new 220
+    /// greeting is consumed like the first.
+    async fn send_xclient(
+        &self,
+        io: &mut Box<dyn BackendIo>,
+        parser: &mut ReplyParser,
+        server: &str,
+        client: &ClientIdentity,
+    ) -> Result<(), BackendError> {
+        let write_err = |source| BackendError::Write {
+            server: server.to_string(),
+            source,
+        };
+        io.write_all(format!("EHLO {}\r\n", self.hostname).as_bytes())
+            .await
+            .map_err(write_err)?;
+        let ehlo = read_reply(io, parser, server).await?;
+        if ehlo.code != 250 {
+            return Err(BackendError::EhloRefused {
+                server: server.to_string(),
+                text: ehlo.first_line_text(),
+            });
+        }
+        let announced =
+            xclient::announced(&ehlo.texts()).ok_or_else(|| BackendError::XclientNotOffered {
+                server: server.to_string(),
+            })?;
+        let name = match &self.dns {
+            Some(dns) => dns.client_name(client.client.ip()).await,
+            None => xclient::ClientName::Unavailable,
+        };
+        let facts = xclient::XclientFacts {
+            client: client.client,
+            helo: client.helo.as_deref(),
+            name: &name,
+        };
+        io.write_all(xclient::command(&facts, &announced).as_bytes())
+            .await
+            .map_err(write_err)?;
+        let reply = read_reply(io, parser, server).await?;
+        if reply.code != 220 {
+            return Err(BackendError::XclientRefused {
+                server: server.to_string(),
+                text: reply.first_line_text(),
+            });
+        }
+        Ok(())
     }
 }
 

@@ -8,6 +8,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::backend::Backend;
+use crate::backend::xclient::Dns;
 use crate::config::Config;
 use crate::listener::{self, ConnectionTable};
 use crate::session::ListenerContext;
@@ -113,9 +114,31 @@ async fn run(config: Config) -> ExitCode {
         }
     });
 
+    let dns = if config
+        .backends
+        .iter()
+        .any(|b| b.identity == crate::config::Identity::Xclient)
+    {
+        match Dns::new(config.dns_servers.as_deref()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                error!(error = %e, "cannot set up DNS for the XCLIENT NAME lookup");
+                eprintln!(
+                    "{}: dns: cannot set up the resolver: {e}",
+                    config.path.display()
+                );
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
     let mut backends = Vec::new();
     for b in &config.backends {
-        match Backend::new(b, &config.hostname, config.timeouts.backend_connect) {
+        let dns = (b.identity == crate::config::Identity::Xclient)
+            .then(|| dns.clone())
+            .flatten();
+        match Backend::new(b, &config.hostname, config.timeouts.backend_connect, dns) {
             Ok(b) => backends.push(Arc::new(b)),
             Err(e) => {
                 error!(backend = %b.name, error = %e, "cannot prepare backend");

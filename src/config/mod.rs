@@ -34,6 +34,8 @@ pub struct Config {
     pub certificates: Vec<CertificateConfig>,
     pub backends: Vec<BackendConfig>,
     pub metrics: Option<SocketAddr>,
+    /// `[dns] nameservers`: `None` means the system's resolv.conf.
+    pub dns_servers: Option<Vec<SocketAddr>>,
     pub log: LogConfig,
     pub limits: Limits,
     pub timeouts: Timeouts,
@@ -250,6 +252,17 @@ impl Checker<'_> {
             events: r.events,
         };
 
+        let dns_servers = raw.dns.as_ref().map(|d| {
+            if d.nameservers.get_ref().is_empty() {
+                self.error(
+                    &d.nameservers,
+                    "dns.nameservers",
+                    "give at least one IP:PORT, or leave [dns] out to use /etc/resolv.conf",
+                );
+            }
+            d.nameservers.get_ref().clone()
+        });
+
         if !self.errors.is_empty() {
             return Err(ConfigErrors(self.errors));
         }
@@ -265,6 +278,7 @@ impl Checker<'_> {
             certificates,
             backends,
             metrics: raw.metrics.map(|m| m.listen.into_inner()),
+            dns_servers,
             log: LogConfig {
                 format: raw.log.format,
                 level: raw.log.level,
@@ -339,15 +353,6 @@ impl Checker<'_> {
                 }
             };
             let identity = b.identity.as_ref().map_or(Identity::None, |i| *i.get_ref());
-            if let Some(id) = &b.identity {
-                if *id.get_ref() == Identity::Xclient {
-                    self.error(
-                        id,
-                        format!("{key}.identity"),
-                        "\"xclient\" is not implemented in this version yet; use \"proxy-v2\", \"proxy-v1\" or \"none\"",
-                    );
-                }
-            }
             let health_interval = match &b.health_interval {
                 None => DEFAULT_HEALTH_INTERVAL,
                 Some(h) => {

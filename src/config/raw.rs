@@ -26,6 +26,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub backend: Vec<Spanned<RawBackend>>,
     pub metrics: Option<RawMetrics>,
+    /// Name servers for the XCLIENT NAME lookup (default: /etc/resolv.conf).
+    pub dns: Option<RawDns>,
     #[serde(default)]
     pub log: RawLog,
     #[serde(default)]
@@ -183,6 +185,12 @@ impl Identity {
             Self::None => "none",
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    pub nameservers: Spanned<Vec<SocketAddr>>,
 }
 
 #[derive(Debug, Deserialize)]

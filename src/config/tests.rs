@@ -226,3 +226,27 @@ fn shipped_example_configs_parse() {
         }
     }
 }
+
+#[test]
+fn xclient_dns_and_health_interval_are_checked() {
+    let src = GOOD.replace(
+        "servers = [\"127.0.0.1:10025\", \"127.0.0.1:10026\"]",
+        "servers = [\"127.0.0.1:10025\"]\nidentity = \"xclient\"\nhealth_interval = \"2s\"",
+    ) + "\n[dns]\nnameservers = [\"127.0.0.1:53\"]\n";
+    let c = parse(&src).unwrap();
+    assert_eq!(c.backends[1].identity, Identity::Xclient);
+    assert_eq!(c.backends[1].health_interval, Duration::from_secs(2));
+    assert_eq!(c.backends[0].health_interval, DEFAULT_HEALTH_INTERVAL);
+    assert_eq!(c.dns_servers, Some(vec!["127.0.0.1:53".parse().unwrap()]));
+
+    let e = one_error(&format!("{GOOD}\n[dns]\nnameservers = []\n"));
+    assert!(e.contains("dns.nameservers: give at least one"), "{e}");
+    let e = one_error(&GOOD.replace(
+        "sink = \"var/mail\"",
+        "sink = \"var/mail\"\nhealth_interval = \"500ms\"",
+    ));
+    assert!(
+        e.contains("backend[0].health_interval: must be between 1s and 1h"),
+        "{e}"
+    );
+}

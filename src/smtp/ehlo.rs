@@ -39,9 +39,10 @@ pub fn multiline(code: u16, texts: &[String]) -> String {
 /// Extensions removed from the backend's EHLO reply: `STARTTLS` always (the
 /// client is already in TLS, or the proxy cannot start TLS in a plaintext
 /// relay); `AUTH` too when the client is not in TLS (no credentials in
-/// plaintext, DESIGN.md §2).
-const REMOVED_IN_TLS: &[&[u8]] = &[b"STARTTLS"];
-const REMOVED_IN_PLAINTEXT: &[&[u8]] = &[b"STARTTLS", b"AUTH"];
+/// plaintext, DESIGN.md §2); `XCLIENT` and `XFORWARD`, which the backend
+/// offers to the proxy, never to clients (the proxy refuses them).
+const REMOVED_IN_TLS: &[&[u8]] = &[b"STARTTLS", b"XCLIENT", b"XFORWARD"];
+const REMOVED_IN_PLAINTEXT: &[&[u8]] = &[b"STARTTLS", b"AUTH", b"XCLIENT", b"XFORWARD"];
 
 /// The backend's EHLO reply without the removed extensions, continuation
 /// markers renumbered. Non-2xx replies pass unchanged.

@@ -12,6 +12,7 @@
 #   TLS_CERT=f TLS_KEY=k  also offer STARTTLS with this chain (leaf first) and key
 #   DISCARD=1             accept and queue, but discard instead of writing Maildir files
 #   PROCS=N               default_process_limit (default 100)
+#   XCLIENT_HOSTS=list    smtpd_authorized_xclient_hosts (default 127.0.0.0/8)
 #
 # Delivery: one file per recipient in DIR/maildir/new/, starting with
 # Return-Path:, X-Original-To:, Delivered-To: <recipient>, then the backend's
@@ -52,7 +53,7 @@ virtual_mailbox_base = $dir
 virtual_uid_maps = static:$(id -u nobody)
 virtual_gid_maps = static:$(id -g nobody)
 virtual_transport = virtual
-smtpd_authorized_xclient_hosts = 127.0.0.0/8
+smtpd_authorized_xclient_hosts = ${XCLIENT_HOSTS:-127.0.0.0/8}
 smtpd_authorized_xforward_hosts = 127.0.0.0/8
 smtpd_client_connection_count_limit = 0
 smtpd_client_connection_rate_limit = 0

@@ -200,7 +200,10 @@ impl Proxy {
         }
         // Sessions depend on the first health probe (421 greeting when
         // every server is down): wait for it, for deterministic tests.
-        let probed_backends = text.matches("servers = [").count();
+        let probed_backends = text
+            .lines()
+            .filter(|l| l.starts_with("servers = ["))
+            .count();
         while proxy.logs_with("backend health: first probe done").len() < probed_backends {
             assert!(
                 Instant::now() < deadline,
@@ -332,7 +335,18 @@ pub struct Smtp {
 
 impl Smtp {
     pub fn connect(addr: SocketAddr) -> Smtp {
-        let tcp = TcpStream::connect(addr).expect("connect to proxy");
+        Self::from_tcp(TcpStream::connect(addr).expect("connect to proxy"))
+    }
+
+    /// Connects to a PROXY-protocol listener as a balancer would: the v1
+    /// `header` line (CRLF added) goes first, naming the client.
+    pub fn connect_proxied(addr: SocketAddr, header: &str) -> Smtp {
+        let mut tcp = TcpStream::connect(addr).expect("connect to proxy");
+        tcp.write_all(format!("{header}\r\n").as_bytes()).unwrap();
+        Self::from_tcp(tcp)
+    }
+
+    fn from_tcp(tcp: TcpStream) -> Smtp {
         tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
         Smtp {
             tcp: Some(tcp.try_clone().unwrap()),
@@ -660,7 +674,9 @@ fn is_probe(transcript: &[u8]) -> bool {
     } else {
         transcript
     };
-    rest.starts_with(PROBE_EHLO.as_bytes())
+    // A session of an XCLIENT pool starts the same way, then says XCLIENT.
+    rest.strip_prefix(PROBE_EHLO.as_bytes())
+        .is_some_and(|after| after.is_empty() || after.starts_with(b"QUIT"))
 }
 
 #[derive(Clone, Copy)]
@@ -826,7 +842,7 @@ fn fake_session(mut conn: TcpStream, behaviour: FakeBehaviour, rec: Arc<Mutex<Ve
         } else if upper.starts_with("EHLO") && matches!(behaviour, FakeBehaviour::DoubleEhlo) {
             b"250 fake.backend.test\r\n250 again\r\n"
         } else if upper.starts_with("EHLO") {
-            b"250-fake.backend.test\r\n250-PIPELINING\r\n250-STARTTLS\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n"
+            b"250-fake.backend.test\r\n250-PIPELINING\r\n250-STARTTLS\r\n250-AUTH PLAIN LOGIN\r\n250-XCLIENT NAME ADDR PORT PROTO HELO\r\n250 8BITMIME\r\n"
         } else if upper.starts_with("MAIL") && matches!(behaviour, FakeBehaviour::Closes421AtMail) {
             let _ = conn.write_all(b"421 4.3.2 Service shutting down\r\n");
             return;
@@ -854,6 +870,9 @@ fn fake_session(mut conn: TcpStream, behaviour: FakeBehaviour, rec: Arc<Mutex<Ve
             }
             in_data = true;
             b"354 go ahead\r\n"
+        } else if upper.starts_with("XCLIENT") {
+            // As Postfix: a new session, greeted anew.
+            b"220 fake.backend.test ESMTP\r\n"
         } else if upper.starts_with("QUIT") {
             let _ = conn.write_all(b"221 2.0.0 Bye\r\n");
             return;
@@ -990,4 +1009,70 @@ pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
         let (name, value) = l.rsplit_once(' ')?;
         (name == series).then(|| value.parse().ok())?
     })
+}
+
+// === DNS (dnsmasq on loopback) ===
+
+/// A private dnsmasq on 127.0.0.1:port answering only from its arguments
+/// (`--host-record`, `--ptr-record`, …): authoritative-like for
+/// `sender.test` and `113.0.203.in-addr.arpa` (NXDOMAIN for the rest of
+/// them). Clients with those addresses come through a PROXY-protocol
+/// listener: loopback addresses would not do, since resolvers answer
+/// their reverse lookups as `localhost` themselves (RFC 6761).
+pub struct DnsServer {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl DnsServer {
+    pub fn start(records: &[&str]) -> DnsServer {
+        let port = {
+            // A free UDP port (dnsmasq also binds TCP on it).
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.local_addr().unwrap().port()
+        };
+        let mut child = Command::new("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--no-poll",
+                "--conf-file=/dev/null",
+                "--pid-file=",
+                "--user=root",
+                "--log-facility=-",
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                "--local=/sender.test/",
+                "--local=/113.0.203.in-addr.arpa/",
+            ])
+            .arg(format!("--port={port}"))
+            .args(records)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("dnsmasq (Debian's dnsmasq-base, installed by scripts/install-test-deps.sh)");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        // Ready once it answers over TCP.
+        let deadline = Instant::now() + TIMEOUT;
+        while TcpStream::connect(addr).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("dnsmasq exited with {status}: {err}");
+            }
+            assert!(Instant::now() < deadline, "dnsmasq did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        DnsServer { child, addr }
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
