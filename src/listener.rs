@@ -15,11 +15,24 @@ use crate::smtp::reply;
 use crate::telemetry::metrics::{self, ActiveConnection, Rejection};
 
 /// Connections open now, in total and per client address.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnectionTable {
     inner: Mutex<Counts>,
     /// Signalled whenever a connection ends (for the shutdown drain).
     ended: Notify,
+    /// At or above this many connections the proxy is under stress: idle
+    /// and handshake timeouts shrink (like Postfix's stress mode)...
+    stress_at: u32,
+    /// ...until they fall to this many (hysteresis: no flapping while a
+    /// crowd hovers at the threshold).
+    calm_at: u32,
+    stress: watch::Sender<bool>,
+}
+
+impl Default for ConnectionTable {
+    fn default() -> Self {
+        Self::new(u32::MAX)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -37,6 +50,54 @@ pub struct ConnectionSlot {
 }
 
 impl ConnectionTable {
+    /// A table whose stress mode starts at 80% of `max_connections` and
+    /// ends at 50%.
+    pub fn new(max_connections: u32) -> Self {
+        let stress_at = u32::try_from(u64::from(max_connections) * 8 / 10)
+            .unwrap_or(u32::MAX)
+            .max(1);
+        Self {
+            inner: Mutex::default(),
+            ended: Notify::new(),
+            stress_at,
+            calm_at: max_connections / 2,
+            stress: watch::Sender::new(false),
+        }
+    }
+
+    /// Whether the proxy is under connection pressure now; the receiver
+    /// changes when it enters or leaves stress mode.
+    pub fn stress(&self) -> watch::Receiver<bool> {
+        self.stress.subscribe()
+    }
+
+    fn update_stress(&self, total: u32) {
+        self.stress.send_if_modified(|s| {
+            let on = if *s {
+                total > self.calm_at
+            } else {
+                total >= self.stress_at
+            };
+            if *s == on {
+                return false;
+            }
+            *s = on;
+            if on {
+                warn!(
+                    connections = total,
+                    threshold = self.stress_at,
+                    "connection pressure: stress mode on, idle and handshake timeouts shortened"
+                );
+            } else {
+                info!(
+                    connections = total,
+                    "connection pressure over: stress mode off"
+                );
+            }
+            true
+        });
+    }
+
     /// Takes a slot for `ip` unless a limit is reached.
     pub fn admit(
         self: &Arc<Self>,
@@ -54,6 +115,7 @@ impl ConnectionTable {
         }
         *n += 1;
         c.total += 1;
+        self.update_stress(c.total);
         Ok(ConnectionSlot {
             table: self.clone(),
             ip,
@@ -81,6 +143,7 @@ impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         let mut c = self.table.inner.lock().unwrap_or_else(|p| p.into_inner());
         c.total = c.total.saturating_sub(1);
+        self.table.update_stress(c.total);
         if let Some(n) = c.per_ip.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {

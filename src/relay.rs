@@ -35,6 +35,8 @@ pub struct RelaySettings {
     /// Idle limit for the client between commands, and for the backend's
     /// answer to a command.
     pub command_timeout: Duration,
+    /// Connection pressure and the client idle timeout that applies under it.
+    pub stress: Option<(tokio::sync::watch::Receiver<bool>, Duration)>,
     /// The whole session ends here.
     pub session_deadline: Instant,
     /// The client is in TLS (a second STARTTLS gets 554).
@@ -284,6 +286,12 @@ impl Relay<'_> {
                 Some(Expect::MessageEnd) if self.client_owes_nothing() => {
                     self.settings.command_timeout.max(MESSAGE_END_TIMEOUT)
                 }
+                // Waiting for the client (nothing owed by the backend):
+                // shorter under connection pressure.
+                _ if self.in_flight.is_empty() => match &self.settings.stress {
+                    Some((on, short)) if *on.borrow() => self.settings.command_timeout.min(*short),
+                    _ => self.settings.command_timeout,
+                },
                 _ => self.settings.command_timeout,
             };
             let idle_deadline = last_activity + idle_limit;

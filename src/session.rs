@@ -40,6 +40,32 @@ pub struct ListenerContext {
     pub timeouts: Timeouts,
     /// Behind an L4 balancer: its PROXY header comes first.
     pub proxy_protocol: Option<crate::proxy_protocol::InboundProxy>,
+    /// Connection pressure (stress mode), from the connection table.
+    pub stress: watch::Receiver<bool>,
+}
+
+impl ListenerContext {
+    fn under_stress(&self) -> bool {
+        *self.stress.borrow()
+    }
+
+    /// The idle timeout between commands, shortened under stress.
+    pub fn command_timeout(&self) -> Duration {
+        if self.under_stress() {
+            self.timeouts.command.min(self.timeouts.stress)
+        } else {
+            self.timeouts.command
+        }
+    }
+
+    /// The handshake timeout, shortened under stress.
+    pub fn handshake_timeout(&self) -> Duration {
+        if self.under_stress() {
+            self.timeouts.handshake.min(self.timeouts.stress)
+        } else {
+            self.timeouts.handshake
+        }
+    }
 }
 
 /// How the session used TLS (the `sessions_total{tls}` label).
@@ -133,10 +159,11 @@ async fn pre_tls(
     let mut buf = [0u8; 4096];
     // The command timeout runs from the last complete line, not the last
     // byte: a client dribbling one byte at a time is still idle.
-    let mut idle_deadline = Instant::now() + ctx.timeouts.command;
+    let mut last_line = Instant::now();
+    let mut stress = ctx.stress.clone();
     loop {
         while let Some(line) = codec.next_line() {
-            idle_deadline = Instant::now() + ctx.timeouts.command;
+            last_line = Instant::now();
             match dialogue.on_line(line) {
                 Action::Reply(r) => {
                     if write(ctx, &mut tcp, r.as_bytes()).await.is_err() {
@@ -214,8 +241,11 @@ async fn pre_tls(
                 }
             }
         }
-        let deadline = idle_deadline.min(session_deadline);
+        // Recomputed on every pass: entering stress mode shortens the wait
+        // of clients already idle (slowloris), see the branch below.
+        let deadline = (last_line + ctx.command_timeout()).min(session_deadline);
         tokio::select! {
+            Ok(()) = stress.changed() => continue,
             res = tokio::time::timeout_at(deadline, tcp.read(&mut buf)) => match res {
                 Err(_) => {
                     let _ = write(ctx, &mut tcp, reply::TIMEOUT.render(host).as_bytes()).await;
@@ -278,7 +308,7 @@ async fn handshake<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    match tls.accept(io, ctx.timeouts.handshake).await {
+    match tls.accept(io, ctx.handshake_timeout()).await {
         Ok((stream, info)) => {
             info!(
                 %peer,
@@ -405,6 +435,7 @@ async fn relay_to_backend<C>(
         hostname: ctx.hostname.clone(),
         line_limit: ctx.limits.line_length,
         command_timeout: ctx.timeouts.command,
+        stress: Some((ctx.stress.clone(), ctx.timeouts.stress)),
         session_deadline,
         tls: tls != SessionTls::None,
         shutdown_grace: ctx.timeouts.shutdown_grace,
@@ -440,7 +471,7 @@ async fn write<W: AsyncWrite + Unpin>(
         w.write_all(data).await?;
         w.flush().await
     };
-    match tokio::time::timeout(ctx.timeouts.command, io).await {
+    match tokio::time::timeout(ctx.command_timeout(), io).await {
         Ok(res) => res,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,

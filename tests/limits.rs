@@ -2,7 +2,8 @@
 
 mod support;
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -205,4 +206,60 @@ fn sigterm_lets_a_tls_transaction_finish_then_says_421() {
     );
     assert_eq!(proxy.sink_messages().len(), 1);
     wait_for("proxy exit", TIMEOUT, || (!proxy.alive()).then_some(()));
+}
+
+/// Stress mode (like Postfix's): at 80% of max_connections the idle
+/// timeout shrinks for every session, including ones already waiting — a
+/// slowloris crowd cannot hold the slots for the full 300 s — until the
+/// connections fall to 50%.
+#[test]
+fn connection_pressure_shortens_the_idle_timeout_of_waiting_clients() {
+    let proxy = Proxy::start(
+        ProxyConfig::sink()
+            .append("\n[limits]\nmax_connections = 10\nmax_connections_per_ip = 10\n")
+            .append("\n[timeouts]\ncommand = \"300s\"\nstress = \"1s\"\n"),
+    );
+    // Eight idle clients (80%): the last one puts the proxy under stress.
+    let crowd: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut c = Smtp::connect(proxy.addr());
+            c.expect("220");
+            c.into_tcp()
+        })
+        .collect();
+    proxy.wait_log(
+        "connection pressure: stress mode on, idle and handshake timeouts shortened",
+        1,
+    );
+    // Cut after about 1 s, not 300 s, until at most 5 are left (50%): at
+    // least 3 (more when their timers fire together).
+    let start = Instant::now();
+    let cut: Vec<bool> = std::thread::scope(|s| {
+        let handles: Vec<_> = crowd
+            .iter()
+            .map(|tcp| {
+                s.spawn(move || {
+                    tcp.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+                    let mut buf = [0u8; 128];
+                    let n = (&*tcp).read(&mut buf).unwrap_or(0);
+                    buf[..n].starts_with(b"421 4.4.2 mx1.example.test Error: timeout exceeded")
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(cut.iter().filter(|c| **c).count() >= 3, "{cut:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    proxy.wait_log("connection pressure over: stress mode off", 1);
+    drop(crowd);
+
+    // Without pressure the configured 300 s apply again.
+    let mut calm = Smtp::connect(proxy.addr());
+    calm.expect("220");
+    std::thread::sleep(Duration::from_millis(1500));
+    calm.cmd("NOOP", "250");
 }

@@ -154,7 +154,7 @@ async fn run(config: Config) -> ExitCode {
     readiness.set_backends(backends.clone());
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let table = Arc::new(ConnectionTable::default());
+    let table = Arc::new(ConnectionTable::new(config.limits.max_connections));
     let mut tasks = Vec::new();
     for (i, l) in config.listeners.iter().enumerate() {
         let socket = match TcpListener::bind(l.address).await {
@@ -181,6 +181,7 @@ async fn run(config: Config) -> ExitCode {
             limits: config.limits,
             timeouts: config.timeouts,
             proxy_protocol: l.proxy_protocol.clone(),
+            stress: table.stress(),
         });
         tasks.push(tokio::spawn(listener::serve(
             socket,

@@ -118,6 +118,8 @@ pub struct Timeouts {
     pub session: Duration,
     pub backend_connect: Duration,
     pub shutdown_grace: Duration,
+    /// Command and handshake timeouts under connection pressure.
+    pub stress: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -244,6 +246,7 @@ impl Checker<'_> {
             session: t.session.0,
             backend_connect: t.backend_connect.0,
             shutdown_grace: t.shutdown_grace.0,
+            stress: t.stress.0,
         };
         let r = raw.reload.unwrap_or_default();
         let reload = ReloadConfig {

@@ -267,6 +267,9 @@ pub struct RawTimeouts {
     pub session: HumanDuration,
     pub backend_connect: HumanDuration,
     pub shutdown_grace: HumanDuration,
+    /// Command and handshake timeouts while connections are above 80% of
+    /// `max_connections` (Postfix's stress mode uses 10s).
+    pub stress: HumanDuration,
 }
 
 impl Default for RawTimeouts {
@@ -277,6 +280,7 @@ impl Default for RawTimeouts {
             session: HumanDuration(Duration::from_secs(3600)),
             backend_connect: HumanDuration(Duration::from_secs(30)),
             shutdown_grace: HumanDuration(Duration::from_secs(30)),
+            stress: HumanDuration(Duration::from_secs(10)),
         }
     }
 }
