@@ -184,7 +184,7 @@ fn proxied_identity_reaches_postfix(identity: &str, port: u16) {
         ),
     );
     let proxy = Proxy::start(config);
-    // The health probe (PROXY v2 LOCAL / v1 UNKNOWN, EHLO, QUIT) is
+    // The health probe (PROXY v2 LOCAL / v1 with its own addresses, EHLO, QUIT) is
     // accepted by a Postfix that requires PROXY headers.
     let probe = proxy.wait_log("backend health: first probe done", 1);
     assert_eq!(probe["up"], 1, "{}", proxy.all_logs());

@@ -246,10 +246,16 @@ impl Backend {
         let mut last = BackendError::NoServers {
             backend: self.name.clone(),
         };
+        // XCLIENT NAME: looked up once per session, under its own bound,
+        // not once per server inside the backend timeouts.
+        let name = match (&self.dns, self.identity) {
+            (Some(dns), Identity::Xclient) => dns.client_name(client.client.ip()).await,
+            _ => xclient::ClientName::Unavailable,
+        };
         let order = self.health.connect_order();
         for addr in order.iter().filter(|a| servers.contains(a)) {
             match self
-                .connect_one(*addr, Header::Client(client), self.connect_timeout)
+                .connect_one(*addr, Header::Client(client, &name), self.connect_timeout)
                 .await
             {
                 Ok(c) => return Ok(c),
@@ -291,7 +297,7 @@ impl Backend {
         let _ = tcp.set_nodelay(true);
         let header_kind = header;
         let header = match header {
-            Header::Client(c) => identity::proxy_header(self.identity, c),
+            Header::Client(c, _) => identity::proxy_header(self.identity, c),
             Header::Probe => {
                 let local = tcp.local_addr().map_err(|source| BackendError::Connect {
                     server: server.clone(),
@@ -326,13 +332,13 @@ impl Backend {
                 text: greeting.first_line_text(),
             });
         }
-        if let (Identity::Xclient, Header::Client(client)) = (self.identity, header_kind) {
+        if let (Identity::Xclient, Header::Client(client, name)) = (self.identity, header_kind) {
             tokio::time::timeout(
                 timeout,
-                self.send_xclient(&mut io, &mut parser, &server, client),
+                self.send_xclient(&mut io, &mut parser, &server, client, name),
             )
             .await
-            .map_err(|_| BackendError::GreetingTimeout {
+            .map_err(|_| BackendError::EhloTimeout {
                 server: server.clone(),
                 timeout,
             })??;
@@ -348,6 +354,7 @@ impl Backend {
         parser: &mut ReplyParser,
         server: &str,
         client: &ClientIdentity,
+        name: &xclient::ClientName,
     ) -> Result<(), BackendError> {
         let write_err = |source| BackendError::Write {
             server: server.to_string(),
@@ -367,14 +374,10 @@ impl Backend {
             xclient::announced(&ehlo.texts()).ok_or_else(|| BackendError::XclientNotOffered {
                 server: server.to_string(),
             })?;
-        let name = match &self.dns {
-            Some(dns) => dns.client_name(client.client.ip()).await,
-            None => xclient::ClientName::Unavailable,
-        };
         let facts = xclient::XclientFacts {
             client: client.client,
             helo: client.helo.as_deref(),
-            name: &name,
+            name,
         };
         io.write_all(xclient::command(&facts, &announced).as_bytes())
             .await
@@ -393,8 +396,8 @@ impl Backend {
 /// What the PROXY header (if the pool sends one) says.
 #[derive(Debug, Clone, Copy)]
 enum Header<'a> {
-    /// The client's identity.
-    Client(&'a ClientIdentity),
+    /// The client's identity (and, for XCLIENT, its looked-up name).
+    Client(&'a ClientIdentity, &'a xclient::ClientName),
     /// A health probe: the proxy itself.
     Probe,
 }

@@ -171,7 +171,9 @@ pub fn command(facts: &XclientFacts<'_>, announced: &[String]) -> String {
         parts.push("PROTO=ESMTP".to_string());
     }
     if offers("HELO") {
-        if let Some(h) = facts.helo {
+        // Postfix refuses a HELO over 255 bytes (501), which would fail
+        // the whole session: such a name is left out.
+        if let Some(h) = facts.helo.filter(|h| !h.is_empty() && h.len() <= 255) {
             parts.push(format!("HELO={}", xtext(h)));
         }
     }
@@ -240,6 +242,12 @@ mod tests {
             command(&facts, &["ADDR".to_string()]),
             "XCLIENT ADDR=IPV6:2001:db8::5\r\n"
         );
+        let long = "h".repeat(256);
+        let facts_long = XclientFacts {
+            helo: Some(&long),
+            ..facts.clone()
+        };
+        assert!(!command(&facts_long, &all).contains("HELO="));
         let unavailable = ClientName::Unavailable;
         let facts = XclientFacts {
             client: "192.0.2.7:25".parse().unwrap(),

@@ -90,7 +90,15 @@ pub enum Progress {
     GiveUp,
 }
 
-/// Looks at the records in `buf` (the start of the stream).
+/// A ClientHello spans one record, rarely a few: more than this many
+/// records is not a client worth inspecting.
+const MAX_HELLO_RECORDS: usize = 16;
+
+/// Looks at the records in `buf` (the start of the stream). Cheap to call
+/// after every read: it walks record headers only (at most
+/// [`MAX_HELLO_RECORDS`]) and copies nothing; a buffer at the size cap, an
+/// empty handshake record (RFC 8446 §5.1 forbids them) or too many records
+/// end the inspection.
 pub fn progress(buf: &[u8]) -> Progress {
     if buf.is_empty() {
         return Progress::NeedMore;
@@ -98,41 +106,52 @@ pub fn progress(buf: &[u8]) -> Progress {
     if buf[0] != RECORD_HANDSHAKE {
         return Progress::NotTls;
     }
-    let mut rest = buf;
-    let mut message: Vec<u8> = Vec::new();
-    loop {
-        match parse_tls_raw_record(rest) {
-            Ok((after, record)) => {
-                if u8::from(record.hdr.record_type) != RECORD_HANDSHAKE {
-                    return Progress::GiveUp;
-                }
-                message.extend_from_slice(record.data);
-                rest = after;
-            }
-            Err(tls_parser::nom::Err::Incomplete(_)) => {
-                return if buf.len() >= MAX_HELLO_BYTES {
-                    Progress::GiveUp
-                } else {
-                    Progress::NeedMore
-                };
-            }
-            Err(_) => return Progress::GiveUp,
+    // The handshake message's type and 3-byte length, then how many of its
+    // bytes the complete records hold.
+    let mut head: Vec<u8> = Vec::with_capacity(4);
+    let mut fragment_bytes = 0usize;
+    let mut at = 0usize;
+    for _ in 0..MAX_HELLO_RECORDS {
+        let Some(header) = buf.get(at..at + 5) else {
+            return need_more(buf);
+        };
+        if header[0] != RECORD_HANDSHAKE || header[1] != 0x03 {
+            return Progress::GiveUp;
         }
-        if message.len() >= 4 {
-            if message[0] != HANDSHAKE_CLIENT_HELLO {
+        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        if len == 0 || len > usize::from(tls_parser::MAX_RECORD_LEN) {
+            return Progress::GiveUp;
+        }
+        let Some(fragment) = buf.get(at + 5..at + 5 + len) else {
+            return need_more(buf);
+        };
+        at += 5 + len;
+        if head.len() < 4 {
+            let take = (4 - head.len()).min(fragment.len());
+            head.extend_from_slice(&fragment[..take]);
+        }
+        fragment_bytes += len;
+        if head.len() == 4 {
+            if head[0] != HANDSHAKE_CLIENT_HELLO {
                 return Progress::GiveUp;
             }
-            let len = u32::from_be_bytes([0, message[1], message[2], message[3]]) as usize;
-            if 4 + len > MAX_HELLO_BYTES {
+            let message_len = u32::from_be_bytes([0, head[1], head[2], head[3]]) as usize;
+            if 4 + message_len > MAX_HELLO_BYTES {
                 return Progress::GiveUp;
             }
-            if message.len() >= 4 + len {
-                return Progress::Complete(buf.len() - rest.len());
+            if fragment_bytes >= 4 + message_len {
+                return Progress::Complete(at);
             }
         }
-        if rest.is_empty() {
-            return Progress::NeedMore;
-        }
+    }
+    Progress::GiveUp
+}
+
+fn need_more(buf: &[u8]) -> Progress {
+    if buf.len() >= MAX_HELLO_BYTES {
+        Progress::GiveUp
+    } else {
+        Progress::NeedMore
     }
 }
 
@@ -450,5 +469,24 @@ mod tests {
             progress(&[0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0x01, 0x00, 0x00]),
             Progress::GiveUp
         );
+    }
+
+    /// A client feeding records that never complete a ClientHello cannot
+    /// make the proxy buffer or parse without bound.
+    #[test]
+    fn endless_records_are_given_up_on() {
+        // Empty handshake records (forbidden).
+        let empty: Vec<u8> = [0x16, 0x03, 0x01, 0x00, 0x00].repeat(10_000);
+        assert_eq!(progress(&empty), Progress::GiveUp);
+        // A ClientHello header promising 100 bytes, then one-byte records.
+        let mut dribble = vec![0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0x00, 0x00, 0x64];
+        for _ in 0..100 {
+            dribble.extend_from_slice(&[0x16, 0x03, 0x01, 0x00, 0x01, 0x00]);
+        }
+        assert_eq!(progress(&dribble), Progress::GiveUp);
+        // Whatever the records, a buffer at the cap ends the inspection.
+        let mut big = vec![0x16, 0x03, 0x01, 0x40, 0x00];
+        big.resize(MAX_HELLO_BYTES, 0);
+        assert_eq!(progress(&big), Progress::GiveUp);
     }
 }
