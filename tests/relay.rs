@@ -11,15 +11,6 @@ fn refused() -> SocketAddr {
     "127.0.0.1:1".parse().unwrap()
 }
 
-fn tls_session(proxy: &Proxy) -> Smtp {
-    let mut c = Smtp::connect(proxy.addr());
-    c.expect("220");
-    c.cmd("EHLO client.test", "250");
-    c.cmd("STARTTLS", "220");
-    c.start_tls(Some("mx1.example.test"), "mx1.example.test")
-        .expect("handshake")
-}
-
 #[test]
 fn every_server_down_at_the_health_probe_means_421_at_the_greeting() {
     let proxy = Proxy::start(ProxyConfig::servers(&[refused()]));

@@ -10,15 +10,6 @@ use support::*;
 
 const METRICS: &str = "\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
 
-fn tls_session(proxy: &Proxy) -> Smtp {
-    let mut c = Smtp::connect(proxy.addr());
-    c.expect("220");
-    c.cmd("EHLO client.test", "250");
-    c.cmd("STARTTLS", "220");
-    c.start_tls(Some("mx1.example.test"), "mx1.example.test")
-        .expect("handshake")
-}
-
 fn send_one_message(c: &mut Smtp) {
     c.cmd("EHLO client.test", "250");
     c.cmd("MAIL FROM:<a@sender.test>", "250");

@@ -497,6 +497,17 @@ impl Smtp {
 }
 
 /// A rustls client trusting only the demo root.
+/// A client session up to TLS: greeting, EHLO, STARTTLS, a verified
+/// handshake with SNI mx1.example.test. The client must EHLO again.
+pub fn tls_session(proxy: &Proxy) -> Smtp {
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("220");
+    c.cmd("EHLO client.test", "250");
+    c.cmd("STARTTLS", "220");
+    c.start_tls(Some("mx1.example.test"), "mx1.example.test")
+        .expect("handshake")
+}
+
 /// A client that accepts any certificate: for tests that send SNI values
 /// no certificate covers (cardinality), never for checking what is served.
 pub fn accept_any_certificate_config() -> rustls::ClientConfig {
