@@ -21,9 +21,10 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::backend::BackendConn;
+use crate::config::BareNewline;
 use crate::smtp::codec::{Line, LineCodec};
 use crate::smtp::command::Command;
-use crate::smtp::data::DataScanner;
+use crate::smtp::data::{DataScanner, Violation};
 use crate::smtp::reply::{self, BackendReply, Reply};
 use crate::smtp::{ehlo, received};
 
@@ -32,11 +33,21 @@ use crate::smtp::{ehlo, received};
 pub struct RelaySettings {
     pub hostname: String,
     pub line_limit: usize,
+    /// Local error replies allowed before `421` and close.
+    pub max_errors: u32,
+    /// How a bare LF is taken, in commands and content.
+    pub bare_newline: BareNewline,
+    /// The listener's address (the smuggling counter's label).
+    pub listener: std::sync::Arc<str>,
     /// Idle limit for the client between commands, and for the backend's
     /// answer to a command.
     pub command_timeout: Duration,
     /// Connection pressure and the client idle timeout that applies under it.
     pub stress: Option<(tokio::sync::watch::Receiver<bool>, Duration)>,
+    /// Message content must be complete this long after the 354 or the
+    /// first BDAT (a client dripping bytes holds no slot for the session
+    /// cap); the stress timeout, when shorter, under pressure.
+    pub data_timeout: Duration,
     /// The whole session ends here.
     pub session_deadline: Instant,
     /// The client is in TLS (a second STARTTLS gets 554).
@@ -71,6 +82,9 @@ pub enum RelayEnd {
     ClientError,
     /// The proxy is stopping: the client got 421.
     Shutdown,
+    /// Too many local errors, or a bare LF / false end of data under
+    /// `bare_newline = "strict"`: the client got 421 or 521.
+    Refused,
 }
 
 impl RelayEnd {
@@ -83,12 +97,13 @@ impl RelayEnd {
             Self::Timeout => "timeout",
             Self::ClientError => "client_error",
             Self::Shutdown => "shutdown",
+            Self::Refused => "refused",
         }
     }
 }
 
 /// What a relayed session did.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RelayStats {
     pub end: RelayEnd,
     /// Messages the backend accepted (its own 250 after the content).
@@ -97,6 +112,10 @@ pub struct RelayStats {
     pub bytes_in: u64,
     /// Backend → client bytes.
     pub bytes_out: u64,
+    /// The client's last HELO/EHLO name in the relay.
+    pub helo: Option<String>,
+    /// Messages that held a false end of data (smuggling attempts).
+    pub smuggling: u64,
 }
 
 /// What the next backend reply answers.
@@ -108,10 +127,15 @@ enum Expect {
     DataGo,
     /// The end of DATA content, or a `BDAT … LAST` chunk.
     MessageEnd,
+    /// `AUTH` or one of its continuation lines: a 334 means the client's
+    /// next line is a continuation, never a command.
+    Auth,
     Quit,
     Other,
     /// A reply the proxy gives itself, in its turn.
     Local(Reply),
+    /// The proxy's last reply, in its turn; then the session ends.
+    LocalClose(Reply),
 }
 
 /// Where the client side is.
@@ -121,9 +145,12 @@ enum Mode {
     /// DATA sent; the next client bytes wait for the backend's 354.
     AwaitDataGo,
     Data(DataScanner),
+    /// The backend answered 334: the next line is an AUTH continuation.
+    AuthLine,
     /// `remaining` bytes of a BDAT chunk still to pass through.
     Bdat {
         remaining: u64,
+        last: bool,
     },
 }
 
@@ -164,19 +191,24 @@ where
             messages: 0,
             bytes_in: 0,
             bytes_out: 0,
+            helo: None,
+            smuggling: 0,
         },
         to_backend: Vec::with_capacity(READ_BUF + 64),
         to_client: Vec::with_capacity(1024),
         server: backend.server,
         progress: 0,
         replies: 0,
-        helo: None,
         trace_due: false,
+        errors: 0,
+        closing: false,
+        chunking: false,
+        content_since: None,
     };
     r.codec.push(&client_input);
     if let Some(mut helo) = replay_helo {
         if let Command::Ehlo(name) | Command::Helo(name) = Command::parse(&helo) {
-            r.helo = Some(name);
+            r.stats.helo = Some(name);
         }
         helo.extend_from_slice(b"\r\n");
         r.to_backend.extend_from_slice(&helo);
@@ -207,10 +239,16 @@ struct Relay<'a> {
     progress: u64,
     /// Counts backend replies handled.
     replies: u64,
-    /// The client's last HELO/EHLO name (for the trace header).
-    helo: Option<String>,
     /// A trace header is still due for the current transaction.
     trace_due: bool,
+    /// Local error replies so far (`limits.max_errors`).
+    errors: u32,
+    /// A closing reply is queued: no further client command is read.
+    closing: bool,
+    /// The backend's latest EHLO reply listed CHUNKING: BDAT may go to it.
+    chunking: bool,
+    /// When the current message's content began (354 or first BDAT).
+    content_since: Option<Instant>,
 }
 
 /// A step's verdict: go on, or end the session this way.
@@ -297,8 +335,10 @@ impl Relay<'_> {
             let idle_deadline = last_activity + idle_limit;
             let read_client = !client_eof
                 && !matches!(self.mode, Mode::AwaitDataGo)
-                && !self.awaiting_replay()
+                && !self.awaiting_reply()
+                && !self.closing
                 && self.in_flight.len() < MAX_IN_FLIGHT;
+            let content_deadline = self.content_deadline();
             let far = self.settings.session_deadline;
             tokio::select! {
                 res = cr.read(&mut cbuf), if read_client => match res {
@@ -337,6 +377,12 @@ impl Relay<'_> {
                 () = tokio::time::sleep_until(self.settings.session_deadline) => {
                     return self.fail(cw, reply::TIMEOUT, RelayEnd::Timeout).await;
                 }
+                () = tokio::time::sleep_until(content_deadline.unwrap_or(far)), if content_deadline.is_some() => {
+                    // The backend connection is dropped without a
+                    // terminator: it keeps nothing of the message.
+                    debug!("message content not complete within the data timeout");
+                    return self.fail(cw, reply::TIMEOUT, RelayEnd::Timeout).await;
+                }
                 () = tokio::time::sleep_until(drain_deadline.unwrap_or(far)), if drain_deadline.is_some() => {
                     return self.fail(cw, reply::SHUTTING_DOWN, RelayEnd::Shutdown).await;
                 }
@@ -345,8 +391,23 @@ impl Relay<'_> {
         }
     }
 
-    fn awaiting_replay(&self) -> bool {
-        matches!(self.in_flight.front(), Some(Expect::Replayed))
+    /// A reply decides how the client's next line is read: the replayed
+    /// or the client's EHLO (is BDAT allowed?), AUTH (a continuation?).
+    /// Clients wait for these replies anyway (RFC 2920, RFC 4954).
+    fn awaiting_reply(&self) -> bool {
+        self.in_flight
+            .iter()
+            .any(|e| matches!(e, Expect::Replayed | Expect::Ehlo | Expect::Auth))
+    }
+
+    /// When the content of the message under way must be complete.
+    fn content_deadline(&self) -> Option<Instant> {
+        let since = self.content_since?;
+        let limit = match &self.settings.stress {
+            Some((on, short)) if *on.borrow() => self.settings.data_timeout.min(*short),
+            _ => self.settings.data_timeout,
+        };
+        Some(since + limit)
     }
 
     /// The client is not in the middle of sending content.
@@ -421,21 +482,12 @@ impl Relay<'_> {
         loop {
             match &mut self.mode {
                 Mode::AwaitDataGo => return Ok(()),
-                Mode::Data(scanner) => {
-                    let buf = self.codec.buffer();
-                    if buf.is_empty() {
+                Mode::Data(_) => {
+                    if !self.content()? {
                         return Ok(());
                     }
-                    let s = scanner.scan(buf, &mut self.to_backend);
-                    self.codec.consume(s.consumed);
-                    self.progress += 1;
-                    if !s.ended {
-                        return Ok(());
-                    }
-                    self.in_flight.push_back(Expect::MessageEnd);
-                    self.mode = Mode::Command;
                 }
-                Mode::Bdat { remaining } => {
+                Mode::Bdat { remaining, last } => {
                     let buf = self.codec.buffer();
                     if *remaining > 0 && buf.is_empty() {
                         return Ok(());
@@ -448,53 +500,159 @@ impl Relay<'_> {
                     if *remaining > 0 {
                         return Ok(());
                     }
+                    if *last {
+                        self.content_since = None;
+                    }
                     self.mode = Mode::Command;
                 }
+                Mode::AuthLine => {
+                    let Some(line) = self.codec.next_line() else {
+                        return Ok(());
+                    };
+                    self.progress += 1;
+                    self.auth_line(line);
+                }
                 Mode::Command => {
-                    // Nothing goes to the backend before it accepted the
-                    // replayed HELO/EHLO, nor past the in-flight bound.
-                    if self.awaiting_replay() || self.in_flight.len() >= MAX_IN_FLIGHT {
+                    // Nothing goes to the backend before the replies that
+                    // decide how to read it, nor past the in-flight bound.
+                    if self.awaiting_reply()
+                        || self.closing
+                        || self.in_flight.len() >= MAX_IN_FLIGHT
+                    {
                         return Ok(());
                     }
                     let Some(line) = self.codec.next_line() else {
                         return Ok(());
                     };
                     self.progress += 1;
-                    self.command(line);
+                    if self.codec.last_line_bare_lf()
+                        && self.settings.bare_newline == BareNewline::Strict
+                    {
+                        self.close_with(reply::BARE_LF);
+                    } else {
+                        self.command(line);
+                    }
                 }
             }
-            self.local_replies();
+            self.local_replies()?;
         }
+    }
+
+    /// Message content through the scanner. `Ok(true)`: the end of data
+    /// was found (go on reading commands); `Ok(false)`: wait for more.
+    fn content(&mut self) -> Result<bool, RelayEnd> {
+        let Mode::Data(scanner) = &mut self.mode else {
+            return Ok(false);
+        };
+        let buf = self.codec.buffer();
+        if buf.is_empty() {
+            return Ok(false);
+        }
+        let s = scanner.scan(buf, &mut self.to_backend);
+        let suspicious = scanner.suspicious();
+        self.codec.consume(s.consumed);
+        self.progress += 1;
+        if let Some(why) = s.refused {
+            // Strict: the backend gets no terminator (it drops the partial
+            // message when the connection goes), the client a 521.
+            self.to_backend.clear();
+            if why == Violation::FalseEnd {
+                self.smuggling_attempt(1);
+            }
+            warn!(server = %self.server, violation = ?why, "message refused: bare_newline = strict");
+            let r = match why {
+                Violation::BareLf => reply::BARE_LF,
+                Violation::FalseEnd => reply::FALSE_END,
+            };
+            self.to_client
+                .extend_from_slice(r.render(&self.settings.hostname).as_bytes());
+            return Err(RelayEnd::Refused);
+        }
+        if !s.ended {
+            return Ok(false);
+        }
+        if suspicious > 0 {
+            self.smuggling_attempt(suspicious);
+        }
+        self.content_since = None;
+        self.in_flight.push_back(Expect::MessageEnd);
+        self.mode = Mode::Command;
+        Ok(true)
+    }
+
+    /// A message held `lines` false ends of data: logged and counted once.
+    fn smuggling_attempt(&mut self, lines: u32) {
+        self.stats.smuggling += 1;
+        metrics::smuggling_attempt(&self.settings.listener);
+        warn!(
+            server = %self.server,
+            lines,
+            "SMTP smuggling attempt: lone dot not bounded by CRLF, sent on as content"
+        );
+    }
+
+    /// The client's answer to a 334: relayed as is, never parsed as a
+    /// command (a base64 line may read `DATA` or `QUIT`). A line the
+    /// backend could split otherwise cancels the exchange instead.
+    fn auth_line(&mut self, line: Line) {
+        self.mode = Mode::Command;
+        match line {
+            Line::Complete(l) if !l.iter().any(|&b| b < 0x20 || b == 0x7f) => {
+                self.to_backend.extend_from_slice(&l);
+            }
+            _ => self.to_backend.push(b'*'),
+        }
+        self.to_backend.extend_from_slice(b"\r\n");
+        self.in_flight.push_back(Expect::Auth);
+    }
+
+    /// Queues a local error reply; past `max_errors`, also 421 and close.
+    fn local_error(&mut self, r: Reply) {
+        self.errors += 1;
+        self.in_flight.push_back(Expect::Local(r));
+        if self.errors >= self.settings.max_errors {
+            self.close_with(reply::TOO_MANY_ERRORS);
+        }
+    }
+
+    /// Queues a last reply after what is in flight; nothing more is read.
+    fn close_with(&mut self, r: Reply) {
+        self.closing = true;
+        self.in_flight.push_back(Expect::LocalClose(r));
     }
 
     fn command(&mut self, line: Line) {
         let line = match line {
-            Line::TooLong => {
-                self.in_flight
-                    .push_back(Expect::Local(reply::LINE_TOO_LONG));
-                return;
-            }
+            Line::TooLong => return self.local_error(reply::LINE_TOO_LONG),
             Line::Complete(l) => l,
         };
         let expect = match Command::parse(&line) {
             Command::StartTls { .. } if self.settings.tls => {
-                Expect::Local(reply::TLS_ALREADY_ACTIVE)
+                return self.local_error(reply::TLS_ALREADY_ACTIVE);
             }
-            Command::StartTls { .. } => Expect::Local(reply::STARTTLS_NOT_NOW),
-            Command::Bdat(None) => Expect::Local(reply::BDAT_SYNTAX),
-            Command::BadCharacters => Expect::Local(reply::BAD_CHARACTERS),
-            Command::Xclient => Expect::Local(reply::XCLIENT_DENIED),
-            Command::Auth if !self.settings.tls => Expect::Local(reply::AUTH_NEEDS_TLS),
+            Command::StartTls { .. } => return self.local_error(reply::STARTTLS_NOT_NOW),
+            // Where its chunk ends is unknown: nothing after it can be read
+            // as a command.
+            Command::Bdat(None) => return self.close_with(reply::BDAT_SYNTAX),
+            Command::BadCharacters => return self.local_error(reply::BAD_CHARACTERS),
+            Command::Xclient => return self.local_error(reply::XCLIENT_DENIED),
+            Command::Auth if !self.settings.tls => return self.local_error(reply::AUTH_NEEDS_TLS),
+            Command::Auth => Expect::Auth,
             Command::Ehlo(ref name) => {
-                self.helo = Some(name.clone());
+                self.stats.helo = Some(name.clone());
                 Expect::Ehlo
             }
             Command::Helo(ref name) => {
-                self.helo = Some(name.clone());
+                self.stats.helo = Some(name.clone());
+                self.chunking = false;
                 Expect::Other
             }
             Command::Transaction(crate::smtp::command::Verb::Mail) => {
                 self.trace_due = self.settings.received.is_some();
+                Expect::Other
+            }
+            Command::Rset => {
+                self.content_since = None;
                 Expect::Other
             }
             Command::Quit => Expect::Quit,
@@ -502,34 +660,45 @@ impl Relay<'_> {
                 self.mode = Mode::AwaitDataGo;
                 Expect::DataGo
             }
-            Command::Bdat(Some(b)) => {
-                self.mode = Mode::Bdat { remaining: b.size };
-                let expect = if b.last {
-                    Expect::MessageEnd
-                } else {
-                    Expect::Other
-                };
-                // The first chunk of a message carries the trace header:
-                // the chunk is announced that much larger.
-                if self.trace_due {
-                    self.trace_due = false;
-                    let trace = self.trace();
-                    let last = if b.last { " LAST" } else { "" };
-                    self.to_backend.extend_from_slice(
-                        format!("BDAT {}{last}\r\n", b.size + trace.len() as u64).as_bytes(),
-                    );
-                    self.to_backend.extend_from_slice(trace.as_bytes());
-                    self.in_flight.push_back(expect);
-                    return;
-                }
-                expect
+            Command::Bdat(Some(b)) if !self.chunking => {
+                // The backend would read the chunk as commands: it never
+                // sees a byte of it.
+                self.codec.skip(b.size);
+                return self.local_error(reply::BDAT_NOT_OFFERED);
             }
+            Command::Bdat(Some(b)) => return self.bdat(b),
             _ => Expect::Other,
         };
-        if !matches!(expect, Expect::Local(_)) {
-            self.to_backend.extend_from_slice(&line);
-            self.to_backend.extend_from_slice(b"\r\n");
-        }
+        self.to_backend.extend_from_slice(&line);
+        self.to_backend.extend_from_slice(b"\r\n");
+        self.in_flight.push_back(expect);
+    }
+
+    /// A BDAT chunk for a backend that announced CHUNKING.
+    fn bdat(&mut self, b: crate::smtp::command::Bdat) {
+        self.mode = Mode::Bdat {
+            remaining: b.size,
+            last: b.last,
+        };
+        self.content_since.get_or_insert_with(Instant::now);
+        let expect = if b.last {
+            Expect::MessageEnd
+        } else {
+            Expect::Other
+        };
+        // The first chunk of a message carries the trace header: the chunk
+        // is announced that much larger.
+        let trace = if self.trace_due {
+            self.trace_due = false;
+            self.trace()
+        } else {
+            String::new()
+        };
+        let last = if b.last { " LAST" } else { "" };
+        self.to_backend.extend_from_slice(
+            format!("BDAT {}{last}\r\n", b.size + trace.len() as u64).as_bytes(),
+        );
+        self.to_backend.extend_from_slice(trace.as_bytes());
         self.in_flight.push_back(expect);
     }
 
@@ -539,7 +708,7 @@ impl Relay<'_> {
             return String::new();
         };
         received::header(&received::Trace {
-            helo: self.helo.as_deref(),
+            helo: self.stats.helo.as_deref(),
             client: r.client,
             hostname: &self.settings.hostname,
             tls: r
@@ -550,12 +719,21 @@ impl Relay<'_> {
         })
     }
 
-    /// Emits the proxy's own replies that have come to the front.
-    fn local_replies(&mut self) {
-        while let Some(Expect::Local(r)) = self.in_flight.front() {
+    /// Emits the proxy's own replies that have come to the front; after a
+    /// closing one the session ends.
+    fn local_replies(&mut self) -> Step {
+        loop {
+            let (r, end) = match self.in_flight.front() {
+                Some(Expect::Local(r)) => (*r, false),
+                Some(Expect::LocalClose(r)) => (*r, true),
+                _ => return Ok(()),
+            };
             self.to_client
                 .extend_from_slice(r.render(&self.settings.hostname).as_bytes());
             self.in_flight.pop_front();
+            if end {
+                return Err(RelayEnd::Refused);
+            }
         }
     }
 
@@ -576,7 +754,7 @@ impl Relay<'_> {
                 }
             };
             self.on_reply(reply)?;
-            self.local_replies();
+            self.local_replies()?;
         }
     }
 
@@ -586,6 +764,7 @@ impl Relay<'_> {
         match expect {
             Some(Expect::Replayed) => {
                 if reply.is_positive() {
+                    self.chunking = ehlo::offers(&reply, b"CHUNKING");
                     return Ok(());
                 }
                 // The client was told its EHLO was fine; going on would earn
@@ -600,6 +779,7 @@ impl Relay<'_> {
                 return Err(RelayEnd::BackendLost);
             }
             Some(Expect::Ehlo) => {
+                self.chunking = ehlo::offers(&reply, b"CHUNKING");
                 self.to_client
                     .extend_from_slice(&ehlo::filter_backend_reply(&reply, self.settings.tls));
             }
@@ -610,7 +790,8 @@ impl Relay<'_> {
                         let trace = self.trace();
                         self.to_backend.extend_from_slice(trace.as_bytes());
                     }
-                    Mode::Data(DataScanner::default())
+                    self.content_since = Some(Instant::now());
+                    Mode::Data(DataScanner::new(self.settings.bare_newline))
                 } else {
                     Mode::Command
                 };
@@ -645,7 +826,13 @@ impl Relay<'_> {
             Some(Expect::Other) => {
                 self.to_client.extend_from_slice(&reply.to_bytes());
             }
-            Some(Expect::Local(_)) => {
+            Some(Expect::Auth) => {
+                if reply.code == 334 {
+                    self.mode = Mode::AuthLine;
+                }
+                self.to_client.extend_from_slice(&reply.to_bytes());
+            }
+            Some(Expect::Local(_) | Expect::LocalClose(_)) => {
                 // local_replies() always drains these first; keep order anyway.
                 self.to_client.extend_from_slice(&reply.to_bytes());
             }

@@ -18,12 +18,12 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::backend::{Backend, ClientIdentity, TlsFacts};
-use crate::config::{Limits, ListenerMode, Timeouts, TlsPolicy};
+use crate::config::{BareNewline, Limits, ListenerMode, Timeouts, TlsPolicy};
 use crate::relay::{ReceivedSettings, RelaySettings, RelayStats, relay};
 use crate::smtp::codec::LineCodec;
 use crate::smtp::dialogue::{Action, PreTlsDialogue};
 use crate::smtp::reply;
-use crate::telemetry::metrics;
+use crate::telemetry::metrics::{self, Rejection};
 use crate::tls::TlsTerminator;
 use crate::tls::hello::{self, Progress, Replay};
 
@@ -105,7 +105,7 @@ pub async fn run(
     match ctx.mode {
         ListenerMode::Implicit => {
             let tls = ctx.tls.clone();
-            if let Some((stream, facts)) = handshake(&ctx, &tls, tcp, peer).await {
+            if let Some((stream, facts)) = handshake(&ctx, &tls, tcp, peer, &shutdown).await {
                 post_tls(
                     &ctx,
                     stream,
@@ -138,6 +138,7 @@ async fn pre_tls(
     if health.all_down() {
         // No server answered its last probe: a session could only end in
         // 421 later; say it now, before the client sends anything.
+        metrics::connection_rejected(Rejection::BackendDown);
         let _ = write(
             ctx,
             &mut tcp,
@@ -164,9 +165,20 @@ async fn pre_tls(
     loop {
         while let Some(line) = codec.next_line() {
             last_line = Instant::now();
+            if codec.last_line_bare_lf() && ctx.limits.bare_newline == BareNewline::Strict {
+                let _ = write(ctx, &mut tcp, reply::BARE_LF.render(host).as_bytes()).await;
+                log_plain_end(peer, &dialogue, "bare_newline");
+                return;
+            }
             match dialogue.on_line(line) {
                 Action::Reply(r) => {
                     if write(ctx, &mut tcp, r.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                Action::Discard { reply, bytes } => {
+                    codec.skip(bytes);
+                    if write(ctx, &mut tcp, reply.as_bytes()).await.is_err() {
                         return;
                     }
                 }
@@ -199,11 +211,12 @@ async fn pre_tls(
                     // (CVE-2011-0411 class).
                     let discarded = codec.take_buffered();
                     if !discarded.is_empty() {
+                        metrics::starttls_injection(&ctx.address.to_string());
                         warn!(%peer, discarded = discarded.len(), "dropped bytes pipelined after STARTTLS");
                     }
                     let helo = dialogue.helo_name();
                     let tls = ctx.tls.clone();
-                    if let Some((stream, facts)) = handshake(ctx, &tls, tcp, peer).await {
+                    if let Some((stream, facts)) = handshake(ctx, &tls, tcp, peer, shutdown).await {
                         post_tls(
                             ctx,
                             stream,
@@ -299,16 +312,38 @@ fn log_plain_end(peer: SocketAddr, dialogue: &PreTlsDialogue, outcome: &'static 
     );
 }
 
+/// Resolves `grace` after shutdown begins: the end of what a session may
+/// still finish.
+async fn grace_over(shutdown: &watch::Receiver<bool>, grace: Duration) {
+    let mut shutdown = shutdown.clone();
+    if shutdown.wait_for(|stopping| *stopping).await.is_err() {
+        // No sender: nobody will ever ask this session to stop.
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(grace).await;
+}
+
 async fn handshake<IO>(
     ctx: &ListenerContext,
     tls: &TlsTerminator,
     io: IO,
     peer: SocketAddr,
+    shutdown: &watch::Receiver<bool>,
 ) -> Option<(tokio_rustls::server::TlsStream<Replay<IO>>, TlsFacts)>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    match tls.accept(io, ctx.handshake_timeout()).await {
+    // A handshake under way when shutdown begins may finish within the
+    // grace (the client then gets 421 inside TLS); one still stalled at
+    // its end is closed, never left for the runtime to abort.
+    let result = tokio::select! {
+        r = tls.accept(io, ctx.handshake_timeout()) => r,
+        () = grace_over(shutdown, ctx.timeouts.shutdown_grace) => {
+            info!(%peer, tls = "none", outcome = "shutdown", messages = 0u64, "session: shutdown grace over during the TLS handshake");
+            return None;
+        }
+    };
+    match result {
         Ok((stream, info)) => {
             info!(
                 %peer,
@@ -403,7 +438,26 @@ async fn relay_to_backend<C>(
         helo: helo_name.clone(),
         ..who
     };
-    let backend = match ctx.backend.connect(&who).await {
+    let shutting_down = || {
+        info!(%peer, tls = tls.as_str(), outcome = "shutdown", messages = 0u64, "session");
+        reply::SHUTTING_DOWN.render(&ctx.hostname)
+    };
+    if *shutdown.borrow() {
+        // Begun during the drain (a handshake that finished late): no new
+        // backend work, the client retries elsewhere or later.
+        let _ = write(ctx, &mut client, shutting_down().as_bytes()).await;
+        return;
+    }
+    // The connect, the XCLIENT name lookup and the backend greeting all
+    // end with the grace: the client gets 421, not a reset.
+    let connected = tokio::select! {
+        r = ctx.backend.connect(&who) => r,
+        () = grace_over(&shutdown, ctx.timeouts.shutdown_grace) => {
+            let _ = write(ctx, &mut client, shutting_down().as_bytes()).await;
+            return;
+        }
+    };
+    let backend = match connected {
         Ok(b) => b,
         Err(e) => {
             warn!(%peer, backend = %ctx.backend.name, error = %e, "no backend server available");
@@ -434,8 +488,12 @@ async fn relay_to_backend<C>(
     let settings = RelaySettings {
         hostname: ctx.hostname.clone(),
         line_limit: ctx.limits.line_length,
+        max_errors: ctx.limits.max_errors,
+        bare_newline: ctx.limits.bare_newline,
+        listener: Arc::from(ctx.address.to_string()),
         command_timeout: ctx.timeouts.command,
         stress: Some((ctx.stress.clone(), ctx.timeouts.stress)),
+        data_timeout: ctx.timeouts.data,
         session_deadline,
         tls: tls != SessionTls::None,
         shutdown_grace: ctx.timeouts.shutdown_grace,
@@ -445,13 +503,19 @@ async fn relay_to_backend<C>(
         }),
     };
     let stats: RelayStats = relay(client, input, replay_helo, backend, &settings, shutdown).await;
+    // The name said last (after TLS, the client's second EHLO), and the
+    // pre-TLS one too when it differs.
+    let helo_pre_tls = helo_name.filter(|pre| stats.helo.as_ref().is_some_and(|last| last != pre));
+    let helo = stats.helo.clone().or_else(|| helo_pre_tls.clone());
     info!(
         %peer,
-        helo = helo_name.map(sanitize).as_deref().unwrap_or("none"),
+        helo = helo.map(sanitize).as_deref().unwrap_or("none"),
+        helo_pre_tls = helo_pre_tls.map(sanitize).as_deref(),
         tls = tls.as_str(),
         backend = %ctx.backend.name,
         server = %server,
         messages = stats.messages,
+        smuggling_attempts = stats.smuggling,
         bytes_in = stats.bytes_in,
         bytes_out = stats.bytes_out,
         outcome = stats.end.as_str(),

@@ -164,17 +164,20 @@ fn pipelined_transaction_replies_stay_in_order() {
     );
     assert_eq!(c.reply(), "250 2.1.5 Recipient ok\r\n");
     c.expect("354");
-    // Bare LF line ends are normalised: the backend sees CRLF only and the
-    // message ends exactly where the proxy thinks it does.
-    c.send_raw(b"Subject: x\n\nline\n.\nQUIT\r\n");
+    // Bare LF line ends are normalised: the backend sees CRLF only. A lone
+    // dot between bare LFs ends nothing (SMTP smuggling): it reaches the
+    // backend stuffed, as content, and only the real CRLF.CRLF ends.
+    c.send_raw(b"Subject: x\n\nline\n.\nQUIT\r\n.\r\nQUIT\r\n");
     c.expect("250 2.0.0 Ok: queued as FAKE");
     c.expect("221");
     let t = b.transcript();
     assert!(
-        t.ends_with("DATA\r\nSubject: x\r\n\r\nline\r\n.\r\nQUIT\r\n"),
+        t.ends_with("DATA\r\nSubject: x\r\n\r\nline\r\n..\r\nQUIT\r\n.\r\nQUIT\r\n"),
         "{t:?}"
     );
-    assert_eq!(proxy.wait_log("session", 1)["messages"], 1);
+    let log = proxy.wait_log("session", 1);
+    assert_eq!(log["messages"], 1);
+    assert_eq!(log["smuggling_attempts"], 1);
 }
 
 #[test]

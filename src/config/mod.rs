@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use error::{ConfigError, ConfigErrors, Location};
-pub use raw::{ChainCheck, Identity, ListenerMode, LogFormat, LogLevel, MinVersion, TlsPolicy};
+pub use raw::{
+    BareNewline, ChainCheck, Identity, ListenerMode, LogFormat, LogLevel, MinVersion, TlsPolicy,
+};
 
 use raw::RawConfig;
 use toml::Spanned;
@@ -109,6 +111,9 @@ pub struct Limits {
     pub max_connections_per_ip: u32,
     pub line_length: usize,
     pub max_errors: u32,
+    /// IPv6 clients share per-IP limits by this prefix (a /64 is one site).
+    pub ipv6_prefix: u8,
+    pub bare_newline: BareNewline,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -118,6 +123,8 @@ pub struct Timeouts {
     pub session: Duration,
     pub backend_connect: Duration,
     pub shutdown_grace: Duration,
+    /// Message content, from the 354 or the first BDAT to the end.
+    pub data: Duration,
     /// Command and handshake timeouts under connection pressure.
     pub stress: Duration,
 }
@@ -238,6 +245,8 @@ impl Checker<'_> {
             ),
             line_length: self.line_length(&raw.limits.line_length) as usize,
             max_errors: self.positive(&raw.limits.max_errors, "limits.max_errors"),
+            ipv6_prefix: self.ipv6_prefix(&raw.limits.ipv6_prefix),
+            bare_newline: raw.limits.bare_newline,
         };
         let t = &raw.timeouts;
         let timeouts = Timeouts {
@@ -246,6 +255,7 @@ impl Checker<'_> {
             session: t.session.0,
             backend_connect: t.backend_connect.0,
             shutdown_grace: t.shutdown_grace.0,
+            data: t.data.0,
             stress: t.stress.0,
         };
         let r = raw.reload.unwrap_or_default();
@@ -290,6 +300,14 @@ impl Checker<'_> {
             timeouts,
             reload,
         })
+    }
+
+    fn ipv6_prefix(&mut self, v: &Spanned<u8>) -> u8 {
+        let p = *v.get_ref();
+        if p == 0 || p > 128 {
+            self.error(v, "limits.ipv6_prefix", "must be 1 to 128 (64: one site)");
+        }
+        p.clamp(1, 128)
     }
 
     fn positive(&mut self, v: &Spanned<u32>, key: &str) -> u32 {

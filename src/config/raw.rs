@@ -97,6 +97,27 @@ impl TlsPolicy {
     }
 }
 
+/// `limits.bare_newline`: how a bare LF is taken (DESIGN.md §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BareNewline {
+    /// As Postfix >= 3.9: a bare LF ends a line and goes on as CRLF; only
+    /// `<CR><LF>.<CR><LF>` ends DATA.
+    #[default]
+    Normal,
+    /// Any bare LF, in a command or in content: `521 5.5.2` and close.
+    Strict,
+}
+
+impl BareNewline {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Normal => "normal",
+            Self::Strict => "strict",
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
@@ -246,6 +267,9 @@ pub struct RawLimits {
     pub max_connections_per_ip: Spanned<u32>,
     pub line_length: Spanned<u32>,
     pub max_errors: Spanned<u32>,
+    /// Per-IP limits count IPv6 clients by this prefix length.
+    pub ipv6_prefix: Spanned<u8>,
+    pub bare_newline: BareNewline,
 }
 
 impl Default for RawLimits {
@@ -255,6 +279,8 @@ impl Default for RawLimits {
             max_connections_per_ip: Spanned::new(0..0, 50),
             line_length: Spanned::new(0..0, 4096),
             max_errors: Spanned::new(0..0, 10),
+            ipv6_prefix: Spanned::new(0..0, 64),
+            bare_newline: BareNewline::Normal,
         }
     }
 }
@@ -267,6 +293,8 @@ pub struct RawTimeouts {
     pub session: HumanDuration,
     pub backend_connect: HumanDuration,
     pub shutdown_grace: HumanDuration,
+    /// Message content, from the 354 or the first BDAT.
+    pub data: HumanDuration,
     /// Command and handshake timeouts while connections are above 80% of
     /// `max_connections` (Postfix's stress mode uses 10s).
     pub stress: HumanDuration,
@@ -280,6 +308,7 @@ impl Default for RawTimeouts {
             session: HumanDuration(Duration::from_secs(3600)),
             backend_connect: HumanDuration(Duration::from_secs(30)),
             shutdown_grace: HumanDuration(Duration::from_secs(30)),
+            data: HumanDuration(Duration::from_secs(600)),
             stress: HumanDuration(Duration::from_secs(10)),
         }
     }

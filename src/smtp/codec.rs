@@ -21,6 +21,10 @@ pub struct LineCodec {
     limit: usize,
     /// Inside an over-long line: drop bytes up to the next LF.
     discarding: bool,
+    /// The last complete line ended in a bare LF (no CR before it).
+    bare_lf: bool,
+    /// Bytes still to drop as they arrive (a refused BDAT chunk).
+    skip: u64,
 }
 
 impl LineCodec {
@@ -30,12 +34,37 @@ impl LineCodec {
             buf: Vec::with_capacity(512),
             limit,
             discarding: false,
+            bare_lf: false,
+            skip: 0,
         }
     }
 
-    /// Adds received bytes.
+    /// Adds received bytes (less any still to be skipped).
     pub fn push(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
+        let skipped = usize::try_from(self.skip)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
+        self.skip -= skipped as u64;
+        self.buf.extend_from_slice(&data[skipped..]);
+    }
+
+    /// Drops the next `n` bytes, buffered or still to come, unread: the
+    /// content of a BDAT chunk the proxy refused is never a command.
+    pub fn skip(&mut self, n: u64) {
+        let now = usize::try_from(n).unwrap_or(usize::MAX).min(self.buf.len());
+        self.buf.drain(..now);
+        self.skip = n - now as u64;
+    }
+
+    /// Bytes of a refused chunk still to arrive; no line is returned before.
+    pub fn skipping(&self) -> bool {
+        self.skip > 0
+    }
+
+    /// Whether the last line [`next_line`](Self::next_line) returned ended
+    /// in a bare LF (refused under `limits.bare_newline = "strict"`).
+    pub fn last_line_bare_lf(&self) -> bool {
+        self.bare_lf
     }
 
     /// The next complete line, if any.
@@ -54,7 +83,8 @@ impl LineCodec {
                 Some(lf) => {
                     let mut line: Vec<u8> = self.buf.drain(..=lf).collect();
                     line.pop();
-                    if line.last() == Some(&b'\r') {
+                    self.bare_lf = line.last() != Some(&b'\r');
+                    if !self.bare_lf {
                         line.pop();
                     }
                     return Some(Line::Complete(line));
@@ -162,6 +192,28 @@ mod tests {
             assert_eq!(c.next_line(), None);
             assert!(c.buffered_len() <= 164);
         }
+    }
+
+    #[test]
+    fn skip_drops_buffered_and_future_bytes() {
+        let mut c = LineCodec::new(100);
+        c.push(b"ab\r\nQUIT");
+        c.skip(10);
+        assert!(c.skipping());
+        assert_eq!(c.next_line(), None);
+        c.push(b"\r\nNOOP\r\n");
+        assert!(!c.skipping());
+        assert_eq!(lines(&mut c), vec![Line::Complete(b"NOOP".to_vec())]);
+    }
+
+    #[test]
+    fn bare_lf_is_reported_per_line() {
+        let mut c = LineCodec::new(100);
+        c.push(b"NOOP\nRSET\r\n");
+        assert!(c.next_line().is_some());
+        assert!(c.last_line_bare_lf());
+        assert!(c.next_line().is_some());
+        assert!(!c.last_line_bare_lf());
     }
 
     #[test]

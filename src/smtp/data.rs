@@ -1,28 +1,70 @@
-//! The end of DATA content, found the way the backend will find it.
+//! The end of DATA content, found where the backend will find it and
+//! nowhere else (DESIGN.md §2, "Message boundaries").
 //!
-//! The proxy must agree with the backend on where a message ends, or a
+//! The proxy and the backend must agree on where a message ends, or a
 //! sender could smuggle a second message past the proxy (SMTP smuggling,
-//! CVE-2023-51764 class). So the content is normalised as it streams
-//! through: a bare LF becomes CRLF. The backend then sees only CRLF line
-//! ends and the one terminator `CRLF . CRLF` the proxy also sees.
-//! Dot-stuffing is left alone: it is the backend's to undo.
+//! CVE-2023-51764 class). The only end is the raw `<CR><LF>.<CR><LF>` (or
+//! `.<CR><LF>` right after the 354): the backend is sent a terminator there
+//! and nowhere else.
+//!
+//! Content is relayed line by line as it streams through:
+//! - `normal` (as Postfix >= 3.9): a bare LF ends a content line and goes
+//!   on as CRLF. A line that could pass for the end but is not bounded by
+//!   CRLF on both sides (`<LF>.<LF>`, `<LF>.<CR><LF>`, `<CR><LF>.<LF>`),
+//!   or that hides its dot among NUL and CR bytes (`<NUL>.`, for backends
+//!   that drop NULs), is content: it is dot-stuffed, so no backend can end
+//!   the message there, and counted as a smuggling attempt.
+//! - `strict`: any bare LF, and any such line, refuses the message.
+//!
+//! Bare CR is content. Client dot-stuffing is left alone: it is the
+//! backend's to undo.
 
-/// Scans DATA content chunk by chunk. No I/O, no buffering of the message.
+use crate::config::BareNewline;
+
+/// Bytes of a line start that are held back while the line could still be
+/// a lone dot (`[NUL CR]* . [NUL CR]*`). Past this the bytes go on and the
+/// rest of the line is watched byte by byte (see [`Garbage`]).
+const HOLD: usize = 64;
+
+/// A line that began with more than [`HOLD`] NUL/CR/dot bytes: still a
+/// possible lone dot while it holds nothing else.
+#[derive(Debug, Clone, Copy)]
+struct Garbage {
+    dots: u8,
+}
+
+/// Scans DATA content chunk by chunk. No I/O, no buffering of the message
+/// beyond [`HOLD`] bytes of one line start.
 #[derive(Debug)]
 pub struct DataScanner {
-    /// The last bytes emitted; starts as if a CRLF preceded the content.
-    tail: [u8; 4],
-    /// The previous input byte was CR.
+    strict: bool,
+    /// At a line start, deciding: `held` holds what was seen of it.
+    line_start: bool,
+    held: [u8; HOLD],
+    held_len: usize,
+    /// The previous line ended with CRLF (true at the start of content).
+    after_crlf: bool,
+    /// Mid-line: the last byte consumed was CR.
     prev_cr: bool,
+    /// Mid-line in a long NUL/CR run (rare; handled byte by byte).
+    garbage: Option<Garbage>,
+    /// Lines that looked like an end of data but were not one.
+    suspicious: u32,
 }
 
 impl Default for DataScanner {
     fn default() -> Self {
-        Self {
-            tail: [0, 0, b'\r', b'\n'],
-            prev_cr: false,
-        }
+        Self::new(BareNewline::Normal)
     }
+}
+
+/// Why [`BareNewline::Strict`] refused the content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Violation {
+    /// A line ended in LF without CR.
+    BareLf,
+    /// A lone dot not bounded by CRLF, or hidden among NUL/CR bytes.
+    FalseEnd,
 }
 
 /// The result of one [`DataScanner::scan`].
@@ -32,36 +74,221 @@ pub struct Scanned {
     pub consumed: usize,
     /// The terminating `.CRLF` was found at the end of `consumed`.
     pub ended: bool,
+    /// Strict mode refused the content: nothing more may go to the backend,
+    /// and never a terminator.
+    pub refused: Option<Violation>,
 }
 
-impl DataScanner {
-    /// Scans `input`, appending the normalised content to `out`.
-    pub fn scan(&mut self, input: &[u8], out: &mut Vec<u8>) -> Scanned {
-        out.reserve(input.len() + 16);
-        for (i, &b) in input.iter().enumerate() {
-            if b == b'\n' && !self.prev_cr {
-                self.emit(b'\r', out);
-            }
-            self.prev_cr = b == b'\r';
-            self.emit(b, out);
-            // After normalisation every LF follows a CR, so "\n.\r\n" is
-            // "\r\n.\r\n" (or ".\r\n" right at the start).
-            if self.tail == *b"\n.\r\n" {
-                return Scanned {
-                    consumed: i + 1,
-                    ended: true,
-                };
-            }
-        }
-        Scanned {
-            consumed: input.len(),
+impl Scanned {
+    fn more(consumed: usize) -> Self {
+        Self {
+            consumed,
             ended: false,
+            refused: None,
         }
     }
 
-    fn emit(&mut self, b: u8, out: &mut Vec<u8>) {
-        out.push(b);
-        self.tail = [self.tail[1], self.tail[2], self.tail[3], b];
+    fn refused(why: Violation) -> Self {
+        Self {
+            consumed: 0,
+            ended: false,
+            refused: Some(why),
+        }
+    }
+}
+
+impl DataScanner {
+    pub fn new(mode: BareNewline) -> Self {
+        Self {
+            strict: mode == BareNewline::Strict,
+            line_start: true,
+            held: [0; HOLD],
+            held_len: 0,
+            after_crlf: true,
+            prev_cr: false,
+            garbage: None,
+            suspicious: 0,
+        }
+    }
+
+    /// Lines so far that looked like an end of data but were not one
+    /// (smuggling attempts; in strict mode the first one refuses).
+    pub fn suspicious(&self) -> u32 {
+        self.suspicious
+    }
+
+    /// Scans `input`, appending what the backend must get to `out`.
+    pub fn scan(&mut self, input: &[u8], out: &mut Vec<u8>) -> Scanned {
+        out.reserve(input.len() + 16);
+        let mut i = 0;
+        while i < input.len() {
+            if self.line_start {
+                match self.line_start_byte(input[i], out) {
+                    Ok(true) => i += 1,
+                    // Not part of a lone-dot shape: the line goes on as is.
+                    Ok(false) => self.line_start = false,
+                    Err(end) => {
+                        return Scanned {
+                            consumed: i + 1,
+                            ..end
+                        };
+                    }
+                }
+                continue;
+            }
+            if let Some(g) = self.garbage {
+                match self.garbage_byte(g, input[i], out) {
+                    Ok(()) => i += 1,
+                    Err(refused) => {
+                        return Scanned {
+                            consumed: i + 1,
+                            ..refused
+                        };
+                    }
+                }
+                continue;
+            }
+            // Mid-line: copy the run up to the next LF in one piece.
+            let rest = &input[i..];
+            let Some(lf) = memchr::memchr(b'\n', rest) else {
+                out.extend_from_slice(rest);
+                self.prev_cr = rest.last() == Some(&b'\r');
+                return Scanned::more(input.len());
+            };
+            let crlf = if lf > 0 {
+                rest[lf - 1] == b'\r'
+            } else {
+                self.prev_cr
+            };
+            out.extend_from_slice(&rest[..lf]);
+            i += lf + 1;
+            if !crlf && self.strict {
+                return Scanned {
+                    consumed: i,
+                    ended: false,
+                    refused: Some(Violation::BareLf),
+                };
+            }
+            out.extend_from_slice(if crlf { b"\n" } else { b"\r\n" });
+            self.end_line(crlf);
+        }
+        Scanned::more(input.len())
+    }
+
+    fn end_line(&mut self, crlf: bool) {
+        self.after_crlf = crlf;
+        self.line_start = true;
+        self.held_len = 0;
+        self.prev_cr = false;
+        self.garbage = None;
+    }
+
+    /// One byte of a line that so far holds only NUL, CR and one dot,
+    /// more than [`HOLD`] of them.
+    fn garbage_byte(&mut self, g: Garbage, b: u8, out: &mut Vec<u8>) -> Result<(), Scanned> {
+        match b {
+            b'\n' => {
+                let crlf = self.prev_cr;
+                if g.dots == 1 {
+                    if self.strict {
+                        return Err(Scanned::refused(Violation::FalseEnd));
+                    }
+                    // Its start has gone out already: a second dot at its
+                    // end keeps it from reading as a lone dot.
+                    self.suspicious += 1;
+                    out.extend_from_slice(b".\r\n");
+                } else if !crlf && self.strict {
+                    return Err(Scanned::refused(Violation::BareLf));
+                } else {
+                    out.extend_from_slice(if crlf { b"\n" } else { b"\r\n" });
+                }
+                self.end_line(crlf);
+            }
+            0 | b'\r' => out.push(b),
+            b'.' if g.dots == 0 => {
+                out.push(b);
+                self.garbage = Some(Garbage { dots: 1 });
+            }
+            _ => {
+                out.push(b);
+                self.garbage = None;
+            }
+        }
+        self.prev_cr = b == b'\r';
+        Ok(())
+    }
+
+    /// One byte at the start of a line. `Ok(true)`: taken (held, or the
+    /// line ended); `Ok(false)`: the held bytes went out and `b` starts the
+    /// line's ordinary rest; `Err`: the content ended or was refused.
+    fn line_start_byte(&mut self, b: u8, out: &mut Vec<u8>) -> Result<bool, Scanned> {
+        let held_dot = self.held[..self.held_len].contains(&b'.');
+        match b {
+            b'\n' => self.line_end(out).map(|()| true),
+            0 | b'\r' | b'.' if !(b == b'.' && held_dot) => {
+                if self.held_len == HOLD {
+                    // No real line starts like this: let the bytes go and
+                    // watch the rest of the line.
+                    out.extend_from_slice(&self.held);
+                    self.garbage = Some(Garbage {
+                        dots: u8::from(held_dot),
+                    });
+                    self.held_len = 0;
+                    self.line_start = false;
+                    self.prev_cr = self.held[HOLD - 1] == b'\r';
+                    return Ok(false);
+                }
+                self.held[self.held_len] = b;
+                self.held_len += 1;
+                Ok(true)
+            }
+            _ => {
+                // An ordinary line after all ("..text", ".text", "text",
+                // "<NUL>text"). A dot mixed with NUL/CR before text
+                // (`<LF>.<CR>MAIL`) ends nothing but is odd enough to count.
+                let held = &self.held[..self.held_len];
+                if held_dot && held.len() > 1 {
+                    self.suspicious += 1;
+                }
+                out.extend_from_slice(held);
+                self.held_len = 0;
+                self.prev_cr = false;
+                Ok(false)
+            }
+        }
+    }
+
+    /// An LF while the whole line so far is held: the end of data, an
+    /// ordinary (maybe empty) line, or a lone dot that is not an end.
+    fn line_end(&mut self, out: &mut Vec<u8>) -> Result<(), Scanned> {
+        let held = &self.held[..self.held_len];
+        let crlf = held.last() == Some(&b'\r');
+        let content = if crlf { &held[..held.len() - 1] } else { held };
+        if content == b"." && crlf && self.after_crlf {
+            out.extend_from_slice(b".\r\n");
+            return Err(Scanned {
+                consumed: 0,
+                ended: true,
+                refused: None,
+            });
+        }
+        let false_end = content.contains(&b'.');
+        if self.strict && (false_end || !crlf) {
+            let why = if false_end {
+                Violation::FalseEnd
+            } else {
+                Violation::BareLf
+            };
+            return Err(Scanned::refused(why));
+        }
+        if false_end {
+            self.suspicious += 1;
+            out.push(b'.');
+        }
+        out.extend_from_slice(content);
+        out.extend_from_slice(b"\r\n");
+        self.end_line(crlf);
+        Ok(())
     }
 }
 
@@ -69,18 +296,33 @@ impl DataScanner {
 mod tests {
     use super::*;
 
-    fn scan_all(chunks: &[&[u8]]) -> (Vec<u8>, Option<usize>) {
-        let mut s = DataScanner::default();
+    /// Output, consumed bytes when the end was found, and the violation.
+    fn scan_mode(mode: BareNewline, chunks: &[&[u8]]) -> (Vec<u8>, Option<usize>, u32) {
+        let mut s = DataScanner::new(mode);
         let mut out = Vec::new();
         let mut total = 0;
         for c in chunks {
             let r = s.scan(c, &mut out);
             total += r.consumed;
+            assert_eq!(r.refused, None);
             if r.ended {
-                return (out, Some(total));
+                return (out, Some(total), s.suspicious());
             }
         }
-        (out, None)
+        (out, None, s.suspicious())
+    }
+
+    fn scan_all(chunks: &[&[u8]]) -> (Vec<u8>, Option<usize>) {
+        let (out, end, _) = scan_mode(BareNewline::Normal, chunks);
+        (out, end)
+    }
+
+    fn refused(input: &[u8]) -> Option<Violation> {
+        let mut s = DataScanner::new(BareNewline::Strict);
+        let mut out = Vec::new();
+        let r = s.scan(input, &mut out);
+        assert!(!out.ends_with(b"\r\n.\r\n"), "terminator sent: {out:?}");
+        r.refused
     }
 
     #[test]
@@ -99,13 +341,68 @@ mod tests {
         assert_eq!(scan_all(&[b".\r\nQUIT\r\n"]), (b".\r\n".to_vec(), Some(3)));
     }
 
+    /// The published end-of-data variants (SMTP smuggling research): each
+    /// is content, stuffed so the backend cannot end there either, and
+    /// counted; the real end after it is still found.
     #[test]
-    fn bare_lf_is_normalised_so_backend_and_proxy_agree() {
-        // A bare-LF "end" is normalised into a real one: the backend sees
-        // CRLF.CRLF exactly where the proxy ends the message.
-        let (out, consumed) = scan_all(&[b"a\n.\nMAIL FROM:<evil>\r\n"]);
-        assert_eq!(out, b"a\r\n.\r\n");
-        assert_eq!(consumed, Some(4));
+    fn false_ends_are_stuffed_content() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"a\n.\nMAIL", b"a\r\n..\r\nMAIL"),
+            (b"a\n.\r\nMAIL", b"a\r\n..\r\nMAIL"),
+            (b"a\r\n.\nMAIL", b"a\r\n..\r\nMAIL"),
+            (b"a\r\n\x00.\r\nMAIL", b"a\r\n.\x00.\r\nMAIL"),
+            (b"a\r\n.\r\r\nMAIL", b"a\r\n..\r\r\nMAIL"),
+            (b"a\r\n.\x00\r\nMAIL", b"a\r\n..\x00\r\nMAIL"),
+            (b"a\n\r.\r\r\nMAIL", b"a\r\n.\r.\r\r\nMAIL"),
+        ];
+        for (input, want) in cases {
+            let mut whole = input.to_vec();
+            whole.extend_from_slice(b" FROM:<evil>\r\n.\r\n");
+            let mut expect = want.to_vec();
+            expect.extend_from_slice(b" FROM:<evil>\r\n.\r\n");
+            for split in 0..=whole.len() {
+                let (out, end, suspicious) =
+                    scan_mode(BareNewline::Normal, &[&whole[..split], &whole[split..]]);
+                assert_eq!(out, expect, "{input:?} split {split}");
+                assert_eq!(end, Some(whole.len()), "{input:?} split {split}");
+                assert_eq!(suspicious, 1, "{input:?}");
+            }
+        }
+    }
+
+    /// Bare CR is content: a dot between bare CRs ends nothing, and the
+    /// bytes pass unchanged.
+    #[test]
+    fn bare_cr_dot_is_content() {
+        for input in [&b"a\r.\rMAIL\r\n"[..], b"a\r.\r\nMAIL\r\n"] {
+            let (out, end) = scan_all(&[input]);
+            assert_eq!(end, None);
+            assert_eq!(out, input);
+        }
+        // `<LF>.<CR>text`: the line starts with a dot and a bare CR.
+        let (out, end, suspicious) = scan_mode(BareNewline::Normal, &[b"a\n.\rMAIL\r\n"]);
+        assert_eq!((out.as_slice(), end), (&b"a\r\n.\rMAIL\r\n"[..], None));
+        assert_eq!(suspicious, 1);
+    }
+
+    #[test]
+    fn bare_lf_lines_become_crlf() {
+        let (out, end, suspicious) = scan_mode(BareNewline::Normal, &[b"a\nb\n\nc\r\n"]);
+        assert_eq!(out, b"a\r\nb\r\n\r\nc\r\n");
+        assert_eq!((end, suspicious), (None, 0));
+    }
+
+    #[test]
+    fn strict_refuses_bare_lf_and_false_ends() {
+        assert_eq!(refused(b"a\nb\r\n"), Some(Violation::BareLf));
+        assert_eq!(refused(b"a\r\n\n"), Some(Violation::BareLf));
+        assert_eq!(refused(b"a\r\n.\nMAIL"), Some(Violation::FalseEnd));
+        assert_eq!(refused(b"a\r\n\x00.\r\nMAIL"), Some(Violation::FalseEnd));
+        assert_eq!(refused(b"a\r.\rb\r\n"), None, "bare CR stays content");
+        let mut s = DataScanner::new(BareNewline::Strict);
+        let mut out = Vec::new();
+        let r = s.scan(b"a\r\n..b\r\n.\r\n", &mut out);
+        assert!(r.ended && r.refused.is_none());
     }
 
     #[test]
@@ -113,6 +410,27 @@ mod tests {
         let (out, consumed) = scan_all(&[b"a.\r\n.b\r\nx\r.\r\n"]);
         assert_eq!(consumed, None);
         assert_eq!(out, b"a.\r\n.b\r\nx\r.\r\n");
+    }
+
+    #[test]
+    fn long_nul_runs_stay_bounded_and_end_nothing() {
+        let mut input = vec![0u8; 1000];
+        input.extend_from_slice(b".\r\n.\r\n");
+        let (out, end, suspicious) = scan_mode(BareNewline::Normal, &[&input]);
+        assert_eq!(end, Some(input.len()));
+        assert_eq!(&out[..1001], &input[..1001]);
+        assert_eq!(&out[1001..], b"\r.\r\n.\r\n");
+        assert_eq!(suspicious, 1);
+        let mut other = vec![b'\r'; 100];
+        other.extend_from_slice(b"\x00x.\r\n");
+        assert_eq!(scan_all(&[&other]), (other.clone(), None));
+        assert_eq!(refused(&input), Some(Violation::FalseEnd));
+    }
+
+    #[test]
+    fn nul_and_cr_only_lines_pass_unchanged() {
+        let input = b"\x00\r\n\r\r\r\n\x00\x00x\r\n";
+        assert_eq!(scan_all(&[input]), (input.to_vec(), None));
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub enum Action {
     Reply(String),
     /// Write this reply, then close the connection.
     Close(String),
+    /// Write this reply and drop the next `bytes` bytes unread: a BDAT
+    /// chunk the client was not offered CHUNKING for.
+    Discard { reply: String, bytes: u64 },
     /// Write `220 2.0.0 Ready to start TLS`, discard everything the client
     /// sent after the STARTTLS line, and hand the socket to TLS.
     StartTls,
@@ -110,6 +113,18 @@ impl PreTlsDialogue {
             Command::Auth => self.error(reply::AUTH_NEEDS_TLS),
             Command::Xclient => self.error(reply::XCLIENT_DENIED),
             Command::BadCharacters => self.error(reply::BAD_CHARACTERS),
+            Command::Bdat(b)
+                if self.policy == TlsPolicy::Opportunistic && !self.chunking_offered() =>
+            {
+                let reply = self.error(reply::BDAT_NOT_OFFERED);
+                match (reply, b) {
+                    (Action::Reply(reply), Some(b)) => Action::Discard {
+                        reply,
+                        bytes: b.size,
+                    },
+                    (other, _) => other,
+                }
+            }
             Command::Data | Command::Bdat(_) | Command::Transaction(_) => match self.policy {
                 TlsPolicy::Required => self.error(reply::MUST_ISSUE_STARTTLS),
                 TlsPolicy::Opportunistic => Action::Relay {
@@ -119,6 +134,19 @@ impl PreTlsDialogue {
             },
             Command::Unknown => self.error(reply::UNKNOWN_COMMAND),
         }
+    }
+
+    /// The client's EHLO was answered with CHUNKING (a plaintext BDAT may
+    /// then start a relay; otherwise its chunk would be read as commands).
+    fn chunking_offered(&self) -> bool {
+        let ehlo = self
+            .helo
+            .as_ref()
+            .is_some_and(|l| matches!(Command::parse(l), Command::Ehlo(_)));
+        ehlo && self
+            .extensions
+            .as_ref()
+            .is_some_and(|e| e.iter().any(|x| x.eq_ignore_ascii_case("CHUNKING")))
     }
 
     fn reply(&self, r: Reply) -> Action {
@@ -231,6 +259,31 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn bdat_only_after_chunking_was_offered() {
+        let mut s = d(TlsPolicy::Opportunistic);
+        assert_eq!(
+            cmd(&mut s, "BDAT 12 LAST"),
+            Action::Discard {
+                reply: "502 5.5.1 Error: BDAT without CHUNKING\r\n".into(),
+                bytes: 12
+            }
+        );
+        cmd(&mut s, "EHLO c.test");
+        assert!(matches!(
+            cmd(&mut s, "BDAT 3"),
+            Action::Discard { bytes: 3, .. }
+        ));
+        let mut s = d(TlsPolicy::Opportunistic)
+            .with_extensions(Some(std::sync::Arc::new(vec!["CHUNKING".to_string()])));
+        assert!(
+            matches!(cmd(&mut s, "BDAT 3"), Action::Discard { .. }),
+            "no EHLO yet"
+        );
+        assert!(reply_of(cmd(&mut s, "EHLO c.test")).contains("250-CHUNKING\r\n"));
+        assert!(matches!(cmd(&mut s, "BDAT 3 LAST"), Action::Relay { .. }));
     }
 
     #[test]

@@ -81,6 +81,17 @@ pub fn filter_backend_reply(reply: &BackendReply, client_in_tls: bool) -> Vec<u8
     out
 }
 
+/// Whether a positive EHLO reply lists `keyword` (e.g. `CHUNKING`): the
+/// greeting line does not count.
+pub fn offers(reply: &BackendReply, keyword: &[u8]) -> bool {
+    reply.code == 250
+        && reply
+            .lines
+            .iter()
+            .skip(1)
+            .any(|l| is_removed(l, &[keyword]))
+}
+
 fn is_removed(line: &[u8], removed: &[&[u8]]) -> bool {
     let keyword = line
         .get(4..)
@@ -101,6 +112,15 @@ mod tests {
             .map(|l| l.as_bytes().to_vec())
             .collect();
         BackendReply { code: 250, lines }
+    }
+
+    #[test]
+    fn offers_looks_past_the_greeting_line() {
+        let r = reply("250-CHUNKING.test\r\n250-PIPELINING\r\n250 SIZE 1000\r\n");
+        assert!(!offers(&r, b"CHUNKING"));
+        assert!(offers(&r, b"size"));
+        let r = reply("250-b.test\r\n250 chunking\r\n");
+        assert!(offers(&r, b"CHUNKING"));
     }
 
     #[test]

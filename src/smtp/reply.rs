@@ -27,6 +27,11 @@ pub const BAD_CHARACTERS: Reply = Reply("500 5.5.2 Error: control character in c
 pub const XCLIENT_DENIED: Reply = Reply("550 5.7.0 Error: insufficient authorization");
 pub const AUTH_NEEDS_TLS: Reply = Reply("530 5.7.0 Must issue a STARTTLS command first");
 pub const BDAT_SYNTAX: Reply = Reply("501 5.5.4 Syntax: BDAT size [LAST]");
+pub const BDAT_NOT_OFFERED: Reply = Reply("502 5.5.1 Error: BDAT without CHUNKING");
+/// `limits.bare_newline = "strict"` (Postfix's words).
+pub const BARE_LF: Reply = Reply("521 5.5.2 {host} Error: bare <LF> received");
+pub const FALSE_END: Reply =
+    Reply("521 5.5.2 {host} Error: end-of-data sequence not bounded by <CR><LF> received");
 pub const TIMEOUT: Reply = Reply("421 4.4.2 {host} Error: timeout exceeded");
 pub const TOO_MANY_CONNECTIONS: Reply = Reply("421 4.7.0 {host} Error: too many connections");
 pub const TOO_MANY_CONNECTIONS_FROM_IP: Reply =

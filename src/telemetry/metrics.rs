@@ -29,6 +29,8 @@ const MESSAGES_RELAYED: &str = "starttls_proxy_messages_relayed_total";
 const BYTES_RELAYED: &str = "starttls_proxy_bytes_relayed_total";
 const CERT_NOT_AFTER: &str = "starttls_proxy_certificate_not_after_timestamp_seconds";
 const CERT_RELOADS: &str = "starttls_proxy_certificate_reloads_total";
+const SMUGGLING: &str = "starttls_proxy_smtp_smuggling_attempts_total";
+const STARTTLS_INJECTION: &str = "starttls_proxy_starttls_injection_total";
 
 /// Handshakes take milliseconds on loopback and up to the handshake
 /// timeout (30 s by default) for a stalled client.
@@ -105,6 +107,14 @@ fn describe() {
         "notAfter of the leaf served for each configured certificate, as a Unix time."
     );
     describe_counter!(
+        SMUGGLING,
+        "Messages holding a lone dot not bounded by CRLF (SMTP smuggling), by listener."
+    );
+    describe_counter!(
+        STARTTLS_INJECTION,
+        "STARTTLS commands followed by pipelined bytes, which were discarded, by listener."
+    );
+    describe_counter!(
         CERT_RELOADS,
         "Certificate reload attempts by result (success, failure, unchanged)."
     );
@@ -117,6 +127,8 @@ pub enum Rejection {
     MaxConnectionsPerIp,
     ProxyUntrusted,
     ProxyInvalid,
+    /// Every backend server failed its last probe: 421 greeting.
+    BackendDown,
 }
 
 impl Rejection {
@@ -126,6 +138,7 @@ impl Rejection {
             Self::MaxConnectionsPerIp => "max_connections_per_ip",
             Self::ProxyUntrusted => "proxy_untrusted",
             Self::ProxyInvalid => "proxy_invalid",
+            Self::BackendDown => "backend_down",
         }
     }
 }
@@ -152,6 +165,16 @@ pub fn connection_accepted(listener: &str) {
 
 pub fn connection_rejected(reason: Rejection) {
     counter!(CONNECTIONS_REJECTED, "reason" => reason.as_str()).increment(1);
+}
+
+/// A message (or a refused one) held a false end of data.
+pub fn smuggling_attempt(listener: &str) {
+    counter!(SMUGGLING, "listener" => listener.to_string()).increment(1);
+}
+
+/// Bytes pipelined after STARTTLS were discarded (CVE-2011-0411 class).
+pub fn starttls_injection(listener: &str) {
+    counter!(STARTTLS_INJECTION, "listener" => listener.to_string()).increment(1);
 }
 
 /// Counts an open connection until dropped.
