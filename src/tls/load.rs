@@ -18,7 +18,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 use zeroize::Zeroizing;
 
-use super::validate::{CertNames, ChainError, TrustAnchors, check_chain};
+use super::validate::{CertNames, ChainError, TrustAnchors, check_chain, key_file_warnings};
 use crate::config::{CertificateConfig, ChainCheck, ConfigError};
 
 /// A certificate ready to serve.
@@ -284,13 +284,18 @@ pub fn load_certificate(
 }
 
 /// Checks one `[[certificate]]` from its files as read, so that a reloader
-/// can record exactly what it validated.
+/// can record exactly what it validated; warns about the key file's
+/// permissions and owner.
 pub fn load_files(
     c: &CertificateConfig,
     files: &CertFiles,
     cx: &LoadContext<'_>,
 ) -> Result<LoadedCert, CertError> {
-    load_from_pem(c, &files.chain, &files.key, cx)
+    let mut loaded = load_from_pem(c, &files.chain, &files.key, cx)?;
+    loaded
+        .warnings
+        .extend(key_file_warnings(&c.key, &files.key_meta));
+    Ok(loaded)
 }
 
 /// Checks one `[[certificate]]` from the bytes of its files. The parsed

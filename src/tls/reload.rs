@@ -482,13 +482,18 @@ impl Reloader {
                 .and_then(|f| load_files(c, f, &cx).map_err(|e| e.to_string()));
             let seen = files.ok().map(|f| f.stamps);
             match (loaded, previous) {
-                (Ok(l), _) => certs.push(Tracked {
-                    config: c.clone(),
-                    good: Arc::new(l),
-                    seen,
-                    retry: false,
-                    expiry_warned: None,
-                }),
+                (Ok(l), _) => {
+                    for w in &l.warnings {
+                        warn!(certificate = %c.name, "{w}");
+                    }
+                    certs.push(Tracked {
+                        config: c.clone(),
+                        good: Arc::new(l),
+                        seen,
+                        retry: false,
+                        expiry_warned: None,
+                    });
+                }
                 (Err(e), Some(p)) => {
                     error!(certificate = %c.name, error = %e, serving_serial = %p.good.serial, "certificate reload failed; keeping the last good version");
                     certs.push(Tracked {
