@@ -14,5 +14,8 @@ if ! command -v cc >/dev/null; then
   apt-get install -y -q --no-install-recommends gcc libc6-dev >/dev/null || die "could not install gcc"
 fi
 cargo build --release --locked
+# git checks the demo keys out world-readable (it keeps no modes but +x);
+# the proxy warns about such keys, as it should for real ones.
+chmod 600 certs.example/*/privkey.pem certs.example/*/*/privkey.pem
 echo "quickstart.sh: starting on 127.0.0.1:2525; try: swaks -s 127.0.0.1 -p 2525 --tls --to you@example.test"
 exec target/release/starttls-proxy run --config config/quickstart.toml

@@ -50,7 +50,7 @@ fn check_with(
     let chain = dir.path().join("chain.pem");
     let key = dir.path().join("key.pem");
     std::fs::write(&chain, chain_pem).unwrap();
-    std::fs::write(&key, key_pem).unwrap();
+    pki::write_key_atomic(&key, key_pem.as_bytes());
     let config = one_cert_config(dir.path(), &chain, &key, extra);
     let out = run_bin(&["check", "--config", config.to_str().unwrap()]);
     let text =
@@ -570,4 +570,139 @@ sink = "{d}/mail"
         "{stdout}"
     );
     assert!(!stdout.contains("does not cover hostname"), "{stdout}");
+}
+
+// === private key files: mode and owner ===
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A current leaf in `dir` (key 0600) and a config for it.
+fn key_case(dir: &Path) -> (PathBuf, PathBuf) {
+    let l = pki::leaf(&["mx1.example.test"]);
+    l.write_to(&dir.join("c"));
+    let key = dir.join("c/privkey.pem");
+    let config = one_cert_config(dir, &dir.join("c/fullchain.pem"), &key, "");
+    (config, key)
+}
+
+fn check_text(config: &Path) -> (bool, String) {
+    let out = run_bin(&["check", "--config", config.to_str().unwrap()]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn check_json(config: &Path) -> serde_json::Value {
+    let out = run_bin(&["check", "--json", "--config", config.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_key_readable_by_group_and_others_is_warned_by_check_naming_the_file() {
+    let dir = tempdir();
+    let (config, key) = key_case(dir.path());
+    set_mode(&key, 0o644);
+    let warning = format!(
+        "private key file {k} has mode 0644: readable by group and others; fix: chmod 600 {k}",
+        k = key.display()
+    );
+    let (ok, text) = check_text(&config);
+    assert!(ok, "a warning, not an error: {text}");
+    assert!(
+        text.contains(&format!("warning: certificate \"c\": {warning}\n")),
+        "{text}"
+    );
+    assert!(text.contains("1 warning(s), 0 errors"), "{text}");
+    let v = check_json(&config);
+    assert_eq!(
+        strings(&v["warnings"]),
+        [format!("certificate \"c\": {warning}")],
+        "{v}"
+    );
+    assert_eq!(strings(&v["certificates"][0]["warnings"]), [warning], "{v}");
+
+    // Others only: says so.
+    set_mode(&key, 0o604);
+    let (_, text) = check_text(&config);
+    assert!(
+        text.contains("has mode 0604: readable by others; fix: chmod 600"),
+        "{text}"
+    );
+
+    // The fix silences it.
+    set_mode(&key, 0o600);
+    let (ok, text) = check_text(&config);
+    assert!(ok && !text.contains("private key file"), "{text}");
+    assert!(text.contains("0 warning(s), 0 errors"), "{text}");
+    let v = check_json(&config);
+    assert_eq!(v["warnings"], serde_json::json!([]), "{v}");
+    assert_eq!(
+        v["certificates"][0]["warnings"],
+        serde_json::json!([]),
+        "{v}"
+    );
+}
+
+#[test]
+fn a_key_owned_by_another_user_is_warned_by_check() {
+    // The tests run as root (uid 0), who can chown.
+    let dir = tempdir();
+    let (config, key) = key_case(dir.path());
+    std::os::unix::fs::chown(&key, Some(65534), None).unwrap();
+    let (ok, text) = check_text(&config);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!(
+            "warning: certificate \"c\": private key file {k} is owned by uid 65534, not by the user the proxy runs as (root, uid 0); fix: chown root {k}\n",
+            k = key.display()
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("chmod"), "mode 0600 is fine: {text}");
+    let v = check_json(&config);
+    let w = strings(&v["warnings"]);
+    assert!(
+        w.len() == 1 && w[0].contains("is owned by uid 65534"),
+        "{v}"
+    );
+
+    std::os::unix::fs::chown(&key, Some(0), None).unwrap();
+    let (_, text) = check_text(&config);
+    assert!(!text.contains("private key file"), "{text}");
+}
+
+#[test]
+fn run_logs_the_key_warning_at_start_up() {
+    let dir = tempdir();
+    let (config, key) = key_case(dir.path());
+    set_mode(&key, 0o640);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let proxy = Proxy::start(ProxyConfig {
+        text: text + "\n[log]\nformat = \"json\"\n",
+    });
+    let ev = proxy.wait_log(
+        &format!(
+            "private key file {k} has mode 0640: readable by group; fix: chmod 600 {k}",
+            k = key.display()
+        ),
+        1,
+    );
+    assert_eq!(ev["level"], "WARN", "{ev}");
+    assert_eq!(ev["certificate"], "c", "{ev}");
 }

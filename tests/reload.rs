@@ -492,7 +492,7 @@ fn a_file_written_in_two_steps_within_the_debounce_is_loaded_once_whole() {
     let next = pki::leaf(&["rot.example.test"]);
     // Key first (atomically), then the chain written in two halves 100 ms
     // apart, as a slow writer would: the debounce must wait for the end.
-    pki::write_atomic(&key, next.key_pem.as_bytes());
+    pki::write_key_atomic(&key, next.key_pem.as_bytes());
     let full = next.fullchain();
     let (head, tail) = full.split_at(full.len() / 2);
     {
@@ -539,4 +539,38 @@ fn sighup_keeps_a_renamed_certificate_whose_files_are_bad() {
     proxy.wait_log("config reloaded", 1);
     assert_eq!(served_serial(&proxy, "b.rotate.test"), b2.serial);
     assert_eq!(served_serial(&proxy, "a.rotate.test"), a1.serial);
+}
+
+#[test]
+fn a_rotated_in_key_readable_by_others_is_warned_on_reload() {
+    let tmp = tempdir();
+    let dir = tmp.path().join("rot");
+    pki::leaf(&["rot.example.test"]).write_to(&dir);
+    let (chain, key) = files(&dir);
+    let proxy = Proxy::start(config(&[("rot", &chain, &key)], EVENTS));
+    let warning = format!(
+        "private key file {k} has mode 0644: readable by group and others; fix: chmod 600 {k}",
+        k = key.display()
+    );
+    proxy.wait_log("certificate reloader ready", 1);
+    assert!(proxy.find_log(&warning).is_none(), "0600 at start");
+
+    // A renewal hook writing the new key with the default umask.
+    let next = pki::leaf(&["rot.example.test"]);
+    let tmp_key = dir.join("privkey.new");
+    std::fs::write(&tmp_key, &next.key_pem).unwrap();
+    std::fs::set_permissions(
+        &tmp_key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    std::fs::rename(&tmp_key, &key).unwrap();
+    pki::write_atomic(&chain, next.fullchain().as_bytes());
+    wait_serial(&proxy, "rot.example.test", &next.serial);
+    let ev = proxy.wait_log(&warning, 1);
+    assert_eq!(
+        (&ev["level"], &ev["certificate"]),
+        (&"WARN".into(), &"rot".into()),
+        "{ev}"
+    );
 }

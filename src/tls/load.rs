@@ -16,8 +16,9 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use zeroize::Zeroizing;
 
-use super::validate::{CertNames, ChainError, TrustAnchors, check_chain};
+use super::validate::{CertNames, ChainError, TrustAnchors, check_chain, key_file_warnings};
 use crate::config::{CertificateConfig, ChainCheck, ConfigError};
 
 /// A certificate ready to serve.
@@ -163,17 +164,115 @@ pub struct LoadContext<'a> {
     pub expiry_warning: std::time::Duration,
 }
 
+/// What is known of a file as read, without its contents: metadata for
+/// the logs, and a SHA-256 digest, which alone says whether the contents
+/// changed (a rewrite keeping size and mtime is still a change; a touch
+/// or a swap to identical bytes is not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStamp {
+    pub len: u64,
+    pub modified: Option<SystemTime>,
+    pub dev: u64,
+    pub ino: u64,
+    pub digest: Vec<u8>,
+}
+
+impl FileStamp {
+    fn new(meta: &std::fs::Metadata, contents: &[u8]) -> Self {
+        #[cfg(unix)]
+        let (dev, ino) = {
+            use std::os::unix::fs::MetadataExt;
+            (meta.dev(), meta.ino())
+        };
+        #[cfg(not(unix))]
+        let (dev, ino) = (0, 0);
+        Self {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            dev,
+            ino,
+            digest: sha256(contents),
+        }
+    }
+
+    pub fn same_contents(&self, other: &Self) -> bool {
+        self.len == other.len && self.digest == other.digest
+    }
+}
+
+/// The stamps of both files of a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertStamps {
+    pub chain: FileStamp,
+    pub key: FileStamp,
+}
+
+impl CertStamps {
+    pub fn same_contents(&self, other: &Self) -> bool {
+        self.chain.same_contents(&other.chain) && self.key.same_contents(&other.key)
+    }
+}
+
+/// SHA-256 from the crypto provider rustls already uses (ring), so that no
+/// hash crate is needed for change detection.
+fn sha256(data: &[u8]) -> Vec<u8> {
+    use rustls::SupportedCipherSuite;
+    let hash = match rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256 {
+        SupportedCipherSuite::Tls13(s) => s.common.hash_provider,
+        SupportedCipherSuite::Tls12(s) => s.common.hash_provider,
+    };
+    hash.hash(data).as_ref().to_vec()
+}
+
+/// Both files of a `[[certificate]]` as read. The key's PEM text lives in
+/// a buffer zeroed when this is dropped: nothing keeps it after parsing.
+pub struct CertFiles {
+    pub chain: Vec<u8>,
+    pub key: Zeroizing<Vec<u8>>,
+    /// The key file's metadata (of the file read, not of the path now).
+    pub key_meta: std::fs::Metadata,
+    pub stamps: CertStamps,
+}
+
+impl std::fmt::Debug for CertFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertFiles")
+            .field("stamps", &self.stamps)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads a file into a buffer zeroed on drop, sized from the open file's
+/// metadata so that it is not reallocated (leaving copies) on the way.
+fn read_file(path: &Path) -> Result<(Zeroizing<Vec<u8>>, std::fs::Metadata), CertError> {
+    use std::io::Read;
+    let err = |source| CertError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(err)?;
+    let meta = file.metadata().map_err(err)?;
+    let capacity = usize::try_from(meta.len()).unwrap_or(0).saturating_add(1);
+    let mut buf = Zeroizing::new(Vec::with_capacity(capacity));
+    file.read_to_end(&mut buf).map_err(err)?;
+    Ok((buf, meta))
+}
+
 /// Reads both files of a `[[certificate]]`.
-pub fn read_files(c: &CertificateConfig) -> Result<(Vec<u8>, Vec<u8>), CertError> {
-    let chain = std::fs::read(&c.chain).map_err(|source| CertError::Read {
-        path: c.chain.clone(),
-        source,
-    })?;
-    let key = std::fs::read(&c.key).map_err(|source| CertError::Read {
-        path: c.key.clone(),
-        source,
-    })?;
-    Ok((chain, key))
+pub fn read_files(c: &CertificateConfig) -> Result<CertFiles, CertError> {
+    let (mut chain, chain_meta) = read_file(&c.chain)?;
+    let (key, key_meta) = read_file(&c.key)?;
+    let stamps = CertStamps {
+        chain: FileStamp::new(&chain_meta, &chain),
+        key: FileStamp::new(&key_meta, &key),
+    };
+    Ok(CertFiles {
+        // Public: moved out, not copied, of the zeroing buffer.
+        chain: std::mem::take(&mut *chain),
+        key,
+        key_meta,
+        stamps,
+    })
 }
 
 /// Loads and checks one `[[certificate]]`.
@@ -181,12 +280,26 @@ pub fn load_certificate(
     c: &CertificateConfig,
     cx: &LoadContext<'_>,
 ) -> Result<LoadedCert, CertError> {
-    let (chain_pem, key_pem) = read_files(c)?;
-    load_from_pem(c, &chain_pem, &key_pem, cx)
+    load_files(c, &read_files(c)?, cx)
 }
 
-/// Checks one `[[certificate]]` from the bytes of its files, so that a
-/// reloader can record exactly what it validated.
+/// Checks one `[[certificate]]` from its files as read, so that a reloader
+/// can record exactly what it validated; warns about the key file's
+/// permissions and owner.
+pub fn load_files(
+    c: &CertificateConfig,
+    files: &CertFiles,
+    cx: &LoadContext<'_>,
+) -> Result<LoadedCert, CertError> {
+    let mut loaded = load_from_pem(c, &files.chain, &files.key, cx)?;
+    loaded
+        .warnings
+        .extend(key_file_warnings(&c.key, &files.key_meta));
+    Ok(loaded)
+}
+
+/// Checks one `[[certificate]]` from the bytes of its files. The parsed
+/// key is zeroed when dropped, as is what the caller holds of `key_pem`.
 pub fn load_from_pem(
     c: &CertificateConfig,
     chain_pem: &[u8],
@@ -206,10 +319,12 @@ pub fn load_from_pem(
             path: c.chain.clone(),
         });
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| CertError::KeyPem {
-        path: c.key.clone(),
-        detail: e.to_string(),
-    })?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map(Zeroizing::new)
+        .map_err(|e| CertError::KeyPem {
+            path: c.key.clone(),
+            detail: e.to_string(),
+        })?;
 
     let mut parsed: Vec<CertNames> = Vec::with_capacity(chain.len());
     let mut spkis: Vec<Vec<u8>> = Vec::with_capacity(chain.len());

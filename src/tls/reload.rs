@@ -20,7 +20,9 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use super::acceptor::TlsTerminator;
-use super::load::{LoadContext, LoadedCert, fmt_time, load_from_pem, now_unix, read_files};
+use super::load::{
+    CertStamps, LoadContext, LoadedCert, fmt_time, load_files, now_unix, read_files,
+};
 use super::store::CertStore;
 use super::validate::TrustAnchors;
 use crate::config::{CertificateConfig, Config};
@@ -58,13 +60,34 @@ struct Tracked {
     config: CertificateConfig,
     /// What is served now.
     good: Arc<LoadedCert>,
-    /// The file contents last validated (good or not).
-    seen: Option<(Vec<u8>, Vec<u8>)>,
+    /// Stamps (metadata and digest, never the bytes: one file is the
+    /// private key) of the files last validated, good or not.
+    seen: Option<CertStamps>,
     /// The last attempt failed: try again on the next poll even if the
     /// files did not change (time passes, anchors change).
     retry: bool,
     /// When its coming expiry was last warned about.
     expiry_warned: Option<Instant>,
+}
+
+impl Tracked {
+    /// Whether the files' contents differ from what was last validated
+    /// (or they became readable, or stopped being so). Reads and digests
+    /// them; keeps nothing of them.
+    fn files_changed(&self) -> bool {
+        let now = read_files(&self.config).ok();
+        !same_contents(self.seen.as_ref(), now.as_ref().map(|f| &f.stamps))
+    }
+}
+
+/// Same contents, by digest: metadata alone (a touch, a new inode holding
+/// the same bytes) is no change. Two unreadable states are the same.
+fn same_contents(seen: Option<&CertStamps>, now: Option<&CertStamps>) -> bool {
+    match (seen, now) {
+        (Some(a), Some(b)) => a.same_contents(b),
+        (None, None) => true,
+        _ => false,
+    }
 }
 
 /// Paths whose changes concern the certificates; shared with the watcher
@@ -185,11 +208,7 @@ impl Reloader {
         // A change made while no watcher was listening (between the old
         // one's drop and this one's start) would be missed until the poll:
         // look once more now.
-        if self
-            .certs
-            .iter()
-            .any(|t| read_files(&t.config).ok() != t.seen)
-        {
+        if self.certs.iter().any(Tracked::files_changed) {
             let _ = self.tx.try_send(ReloadRequest::Files);
         }
     }
@@ -260,15 +279,12 @@ impl Reloader {
         }
     }
 
-    /// The poll: files whose bytes changed (read twice, `debounce` apart,
+    /// The poll: files whose contents changed (read twice, `debounce` apart,
     /// so a file being written over NFS is not taken half-written),
     /// certificates whose last attempt failed, and coming expiries.
     async fn on_poll(&mut self) {
-        let changed = tokio::task::block_in_place(|| {
-            self.certs
-                .iter()
-                .any(|t| t.retry || read_files(&t.config).ok() != t.seen)
-        });
+        let changed =
+            tokio::task::block_in_place(|| self.certs.iter().any(|t| t.retry || t.files_changed()));
         if changed {
             tokio::time::sleep(self.config.reload.debounce).await;
             info!("certificate files changed or pending retry (poll)");
@@ -320,8 +336,8 @@ impl Reloader {
         let mut results = Vec::with_capacity(self.certs.len());
         let mut candidates: Vec<Option<Arc<LoadedCert>>> = Vec::with_capacity(self.certs.len());
         for t in &mut self.certs {
-            let bytes = match read_files(&t.config) {
-                Ok(b) => b,
+            let files = match read_files(&t.config) {
+                Ok(f) => f,
                 Err(e) => {
                     if !t.retry {
                         error!(certificate = %t.config.name, error = %e, serving_serial = %t.good.serial, "certificate reload failed; keeping the last good version");
@@ -333,14 +349,17 @@ impl Reloader {
                     continue;
                 }
             };
-            if t.seen.as_ref() == Some(&bytes) && !t.retry {
+            let same = same_contents(t.seen.as_ref(), Some(&files.stamps));
+            if same && !t.retry {
                 results.push(ReloadResult::Unchanged);
                 candidates.push(None);
                 continue;
             }
-            let was_retry = t.retry && t.seen.as_ref() == Some(&bytes);
-            let outcome = load_from_pem(&t.config, &bytes.0, &bytes.1, &cx);
-            t.seen = Some(bytes);
+            let was_retry = t.retry && same;
+            let outcome = load_files(&t.config, &files, &cx);
+            t.seen = Some(files.stamps.clone());
+            // The key's PEM text is zeroed here, before anything else runs.
+            drop(files);
             match outcome {
                 Ok(l) if l.key.cert == t.good.key.cert && l.serial == t.good.serial => {
                     t.retry = false;
@@ -456,22 +475,25 @@ impl Reloader {
                         .iter()
                         .find(|t| t.config.chain == c.chain && t.config.key == c.key)
                 });
-            let bytes = read_files(c);
-            let loaded = bytes
+            let files = read_files(c);
+            let loaded = files
                 .as_ref()
                 .map_err(|e| e.to_string())
-                .and_then(|(chain, key)| {
-                    load_from_pem(c, chain, key, &cx).map_err(|e| e.to_string())
-                });
-            let seen = bytes.ok();
+                .and_then(|f| load_files(c, f, &cx).map_err(|e| e.to_string()));
+            let seen = files.ok().map(|f| f.stamps);
             match (loaded, previous) {
-                (Ok(l), _) => certs.push(Tracked {
-                    config: c.clone(),
-                    good: Arc::new(l),
-                    seen,
-                    retry: false,
-                    expiry_warned: None,
-                }),
+                (Ok(l), _) => {
+                    for w in &l.warnings {
+                        warn!(certificate = %c.name, "{w}");
+                    }
+                    certs.push(Tracked {
+                        config: c.clone(),
+                        good: Arc::new(l),
+                        seen,
+                        retry: false,
+                        expiry_warned: None,
+                    });
+                }
                 (Err(e), Some(p)) => {
                     error!(certificate = %c.name, error = %e, serving_serial = %p.good.serial, "certificate reload failed; keeping the last good version");
                     certs.push(Tracked {
@@ -621,4 +643,101 @@ pub fn forward_hangups(tx: mpsc::Sender<ReloadRequest>) {
     }
     #[cfg(not(unix))]
     let _ = tx;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn config(dir: &Path) -> CertificateConfig {
+        CertificateConfig {
+            name: "c".into(),
+            chain: dir.join("chain.pem"),
+            key: dir.join("key.pem"),
+            key_path: "certificate[0]".into(),
+            chain_at: Default::default(),
+            key_at: Default::default(),
+            chain_check: Default::default(),
+        }
+    }
+
+    fn stamps(c: &CertificateConfig) -> CertStamps {
+        read_files(c).unwrap().stamps
+    }
+
+    fn set_mtime(path: &Path, t: SystemTime) {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_rewrite_keeping_size_and_mtime_is_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path());
+        std::fs::write(&c.chain, "chain").unwrap();
+        std::fs::write(&c.key, "key AAAA").unwrap();
+        let seen = stamps(&c);
+        // In place (same inode), same length, mtime put back.
+        std::fs::write(&c.key, "key BBBB").unwrap();
+        set_mtime(&c.key, seen.key.modified.unwrap());
+        let now = stamps(&c);
+        assert_eq!(
+            (now.key.len, now.key.modified, now.key.ino, now.key.dev),
+            (seen.key.len, seen.key.modified, seen.key.ino, seen.key.dev),
+            "the metadata must not tell the rewrite apart"
+        );
+        assert!(!same_contents(Some(&seen), Some(&now)));
+    }
+
+    #[test]
+    fn a_touch_or_a_swap_to_identical_bytes_is_no_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path());
+        std::fs::write(&c.chain, "chain").unwrap();
+        std::fs::write(&c.key, "key AAAA").unwrap();
+        let seen = stamps(&c);
+        set_mtime(&c.key, SystemTime::now() + Duration::from_secs(3600));
+        let tmp = dir.path().join("chain.new");
+        std::fs::write(&tmp, "chain").unwrap();
+        std::fs::rename(&tmp, &c.chain).unwrap();
+        let now = stamps(&c);
+        assert_ne!(now.key.modified, seen.key.modified);
+        assert_ne!(now.chain.ino, seen.chain.ino);
+        assert!(same_contents(Some(&seen), Some(&now)));
+    }
+
+    #[test]
+    fn becoming_readable_or_unreadable_is_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path());
+        std::fs::write(&c.chain, "chain").unwrap();
+        std::fs::write(&c.key, "key").unwrap();
+        let s = stamps(&c);
+        assert!(!same_contents(None, Some(&s)));
+        assert!(!same_contents(Some(&s), None));
+        assert!(same_contents(None, None));
+    }
+
+    #[test]
+    fn the_digest_is_sha256_of_the_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path());
+        std::fs::write(&c.chain, "abc").unwrap();
+        std::fs::write(&c.key, "").unwrap();
+        let s = stamps(&c);
+        let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        assert_eq!(
+            hex(&s.chain.digest),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            hex(&s.key.digest),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
 }

@@ -3,6 +3,10 @@
 //! configured `trust_anchors`. Path validation is rustls-webpki's, the same
 //! code rustls clients run; the order check is ours, because webpki builds
 //! a path from the intermediates in any order while many senders do not.
+//!
+//! Also the private key file's permissions and owner: a key others can
+//! read is a key to replace. Warned about, not refused, since the proxy
+//! still serves correctly and `run` must not fail on a working setup.
 
 use std::path::{Path, PathBuf};
 
@@ -262,5 +266,125 @@ pub fn check_chain(
         Err(e) => Err(ChainError::Untrusted {
             detail: e.to_string(),
         }),
+    }
+}
+
+// === private key files ===
+
+/// Warnings about who can read a private key file: group or others given
+/// any access (mode & 0o077), or an owner other than the user the proxy
+/// runs as. Each names the file and the command that fixes it.
+#[cfg(unix)]
+pub fn key_file_warnings(path: &Path, meta: &std::fs::Metadata) -> Vec<String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut out = Vec::new();
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        out.push(format!(
+            "private key file {} has mode {mode:04o}: {}; fix: chmod 600 {}",
+            path.display(),
+            access_by_others(mode),
+            path.display()
+        ));
+    }
+    if let Some(euid) = effective_uid() {
+        if meta.uid() != euid {
+            let user = user_name(euid).unwrap_or_else(|| euid.to_string());
+            out.push(format!(
+                "private key file {} is owned by uid {}, not by the user the proxy runs as ({user}, uid {euid}); fix: chown {user} {}",
+                path.display(),
+                meta.uid(),
+                path.display()
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(not(unix))]
+pub fn key_file_warnings(_path: &Path, _meta: &std::fs::Metadata) -> Vec<String> {
+    Vec::new()
+}
+
+/// "readable by group and others", "writable by others"…: what mode's
+/// group and other bits allow, read first since that is what leaks a key.
+#[cfg(unix)]
+fn access_by_others(mode: u32) -> String {
+    let mut parts = Vec::new();
+    for (bit, what) in [(0o4, "readable"), (0o2, "writable"), (0o1, "executable")] {
+        let who: Vec<&str> = [("group", 3), ("others", 0)]
+            .into_iter()
+            .filter(|(_, shift)| mode >> shift & bit != 0)
+            .map(|(who, _)| who)
+            .collect();
+        if !who.is_empty() {
+            parts.push(format!("{what} by {}", who.join(" and ")));
+        }
+    }
+    parts.join(", ")
+}
+
+/// The effective uid of this process: from `/proc/self/status` (Linux),
+/// else as the owner of a file created for the purpose. `None` if neither
+/// works; the owner check is then skipped.
+#[cfg(unix)]
+fn effective_uid() -> Option<u32> {
+    static EUID: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *EUID.get_or_init(|| euid_from_proc().or_else(euid_from_new_file))
+}
+
+#[cfg(unix)]
+fn euid_from_proc() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    // "Uid:\treal\teffective\tsaved\tfilesystem"
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+#[cfg(unix)]
+fn euid_from_new_file() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let path = std::env::temp_dir().join(format!(".starttls-proxy-uid-{}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .ok()?;
+    let uid = file.metadata().ok().map(|m| m.uid());
+    let _ = std::fs::remove_file(&path);
+    uid
+}
+
+/// The login name of `uid` from /etc/passwd, for the `chown` advice.
+#[cfg(unix)]
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        let id: u32 = f.nth(1)?.parse().ok()?;
+        (id == uid && !name.is_empty()).then(|| name.to_string())
+    })
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_by_others_says_which_class_can_do_what() {
+        assert_eq!(access_by_others(0o644), "readable by group and others");
+        assert_eq!(access_by_others(0o640), "readable by group");
+        assert_eq!(access_by_others(0o604), "readable by others");
+        assert_eq!(access_by_others(0o622), "writable by group and others");
+        assert_eq!(
+            access_by_others(0o675),
+            "readable by group and others, writable by group, executable by group and others"
+        );
+    }
+
+    #[test]
+    fn effective_uid_agrees_with_a_new_files_owner() {
+        assert_eq!(euid_from_proc(), euid_from_new_file());
     }
 }

@@ -25,11 +25,12 @@ impl Leaf {
         format!("{}{}", self.leaf_pem, self.intermediates_pem)
     }
 
-    /// Writes `fullchain.pem` and `privkey.pem` into `dir` (each atomically).
+    /// Writes `fullchain.pem` and `privkey.pem` (mode 0600, as a real
+    /// deployment keeps it) into `dir`, each atomically.
     pub fn write_to(&self, dir: &Path) {
         std::fs::create_dir_all(dir).unwrap();
         write_atomic(&dir.join("fullchain.pem"), self.fullchain().as_bytes());
-        write_atomic(&dir.join("privkey.pem"), self.key_pem.as_bytes());
+        write_key_atomic(&dir.join("privkey.pem"), self.key_pem.as_bytes());
     }
 }
 
@@ -37,6 +38,23 @@ impl Leaf {
 pub fn write_atomic(path: &Path, data: &[u8]) {
     let tmp = path.with_extension("tmp-new");
     std::fs::write(&tmp, data).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// `write_atomic` for a private key: the file is 0600 from its creation.
+pub fn write_key_atomic(path: &Path, data: &[u8]) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp-new");
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .unwrap()
+        .write_all(data)
+        .unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
 
