@@ -527,3 +527,29 @@ fn a_50_mib_message_streams_with_bounded_memory() {
         .unwrap();
     assert!(stored.metadata().unwrap().len() >= sent as u64);
 }
+
+// === The sink, pre-TLS ===
+
+/// A plaintext SMTPUTF8 sender sees SMTPUTF8 offered and delivers to the
+/// sink.
+#[test]
+fn a_plaintext_smtputf8_sender_delivers_to_the_sink() {
+    let proxy = Proxy::start(ProxyConfig::sink());
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("220 mx1.example.test");
+    let ehlo = c.cmd("EHLO client.test", "250-mx1.example.test");
+    assert!(ehlo.contains("250-SMTPUTF8\r\n"), "{ehlo}");
+    assert!(ehlo.ends_with("250 STARTTLS\r\n"), "{ehlo}");
+    assert!(!ehlo.contains("AUTH"), "{ehlo}");
+    c.cmd("MAIL FROM:<ü@example.test> SMTPUTF8", "250");
+    c.cmd("RCPT TO:<rcpt@example.test>", "250");
+    c.cmd("DATA", "354");
+    c.send("Subject: grüße\r\n\r\nHallo.\r\n.");
+    c.expect("250 2.0.0 Ok: queued");
+    c.cmd("QUIT", "221");
+    let messages = proxy.sink_messages();
+    assert_eq!(messages.len(), 1);
+    let m = String::from_utf8(messages[0].clone()).unwrap();
+    assert!(m.starts_with("Return-Path: <ü@example.test>\r\n"), "{m}");
+    assert!(m.contains("Subject: grüße\r\n"), "{m}");
+}

@@ -122,10 +122,14 @@ impl Backend {
     ) -> std::io::Result<Self> {
         let (target, health) = match &config.target {
             BackendTarget::Servers(s) => (Target::Servers(s.clone()), Health::new(s)),
-            BackendTarget::Sink(dir) => (
-                Target::Sink(Arc::new(sink::Sink::open(dir, hostname)?)),
-                Health::always_up(),
-            ),
+            BackendTarget::Sink(dir) => {
+                let sink = sink::Sink::open(dir, hostname)?;
+                // No probe for the sink: the pre-TLS EHLO offers what the
+                // sink's own EHLO does, as a probe would have seen it.
+                let health = Health::always_up();
+                health.set_extensions(Some(sink.ehlo_texts()));
+                (Target::Sink(Arc::new(sink)), health)
+            }
         };
         Ok(Self {
             name: config.name.clone(),
