@@ -403,8 +403,16 @@ async fn relay_to_backend<C>(
         helo: helo_name.clone(),
         ..who
     };
-    let backend = match ctx.backend.connect(&who).await {
+    let proto = crate::backend::xclient::Proto::of_greeting(replay_helo.as_deref());
+    let backend = match ctx.backend.connect(&who, proto).await {
         Ok(b) => b,
+        Err(crate::backend::BackendError::ClientRefused { server, reply }) => {
+            // The backend's verdict on this client (it knows who it is):
+            // the client gets it as is, and the session ends.
+            let _ = write(ctx, &mut client, &reply.to_bytes()).await;
+            info!(%peer, tls = tls.as_str(), backend = %ctx.backend.name, server = %server, code = reply.code, outcome = "backend_refused_client", messages = 0u64, "session");
+            return;
+        }
         Err(e) => {
             warn!(%peer, backend = %ctx.backend.name, error = %e, "no backend server available");
             let _ = write(

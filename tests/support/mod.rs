@@ -1087,3 +1087,82 @@ impl Drop for DnsServer {
         let _ = self.child.wait();
     }
 }
+
+// === Backends from a script ===
+
+impl FakeBackend {
+    /// How many client sessions (connections other than health probes)
+    /// the backend accepted, including ones that sent nothing yet.
+    pub fn sessions(&self) -> usize {
+        self.transcripts(false).len()
+    }
+}
+
+/// A backend whose replies are a script: it greets with `greeting`, then
+/// answers each line received with the reply of the first `(prefix,
+/// reply)` whose prefix starts the line (ASCII case ignored; `""` matches
+/// any line), else `250 2.0.0 Ok`. Replies may be multi-line (`\r\n`
+/// between lines; the last CRLF is added). `QUIT` gets 221 and a close
+/// unless the script says otherwise. Each connection's lines are kept.
+pub struct ScriptedBackend {
+    pub addr: SocketAddr,
+    connections: Arc<Mutex<Vec<Recorded>>>,
+}
+
+pub type Script = &'static [(&'static str, &'static str)];
+
+impl ScriptedBackend {
+    pub fn start(greeting: &'static str, script: Script) -> ScriptedBackend {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let connections: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let conns = connections.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(conn) = conn else { return };
+                let rec: Recorded = Arc::default();
+                conns.lock().unwrap().push(rec.clone());
+                std::thread::spawn(move || scripted_session(conn, greeting, script, rec));
+            }
+        });
+        ScriptedBackend { addr, connections }
+    }
+
+    /// Every connection's bytes (probes included), in accept order.
+    pub fn transcripts(&self) -> Vec<String> {
+        self.connections
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| String::from_utf8_lossy(&c.lock().unwrap()).into_owned())
+            .collect()
+    }
+}
+
+fn scripted_session(mut conn: TcpStream, greeting: &str, script: Script, rec: Recorded) {
+    let _ = conn.write_all(format!("{greeting}\r\n").as_bytes());
+    let mut r = BufReader::new(conn.try_clone().unwrap());
+    loop {
+        let mut line = Vec::new();
+        match r.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        rec.lock().unwrap().extend_from_slice(&line);
+        let starts = |prefix: &str| {
+            line.len() >= prefix.len()
+                && line[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+        };
+        let reply = match script.iter().find(|(prefix, _)| starts(prefix)) {
+            Some((_, reply)) => *reply,
+            None if starts("QUIT") => {
+                let _ = conn.write_all(b"221 2.0.0 Bye\r\n");
+                return;
+            }
+            None => "250 2.0.0 Ok",
+        };
+        if conn.write_all(format!("{reply}\r\n").as_bytes()).is_err() {
+            return;
+        }
+    }
+}
