@@ -450,8 +450,9 @@ async fn relay_to_backend<C>(
     }
     // The connect, the XCLIENT name lookup and the backend greeting all
     // end with the grace: the client gets 421, not a reset.
+    let proto = crate::backend::xclient::Proto::of_greeting(replay_helo.as_deref());
     let connected = tokio::select! {
-        r = ctx.backend.connect(&who) => r,
+        r = ctx.backend.connect(&who, proto) => r,
         () = grace_over(&shutdown, ctx.timeouts.shutdown_grace) => {
             let _ = write(ctx, &mut client, shutting_down().as_bytes()).await;
             return;
@@ -459,6 +460,13 @@ async fn relay_to_backend<C>(
     };
     let backend = match connected {
         Ok(b) => b,
+        Err(crate::backend::BackendError::ClientRefused { server, reply }) => {
+            // The backend's verdict on this client (it knows who it is):
+            // the client gets it as is, and the session ends.
+            let _ = write(ctx, &mut client, &reply.to_bytes()).await;
+            info!(%peer, tls = tls.as_str(), backend = %ctx.backend.name, server = %server, code = reply.code, outcome = "backend_refused_client", messages = 0u64, "session");
+            return;
+        }
         Err(e) => {
             warn!(%peer, backend = %ctx.backend.name, error = %e, "no backend server available");
             let _ = write(

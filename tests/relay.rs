@@ -530,3 +530,181 @@ fn a_50_mib_message_streams_with_bounded_memory() {
         .unwrap();
     assert!(stored.metadata().unwrap().len() >= sent as u64);
 }
+
+// === A backend's verdict on one client ===
+
+const METRICS: &str = "\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
+
+/// A `proxy-v2` pool of `servers`, probed once (at start) only, with
+/// metrics.
+fn proxy_v2_pool(servers: &[SocketAddr]) -> Proxy {
+    let list: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();
+    let line = format!("servers = [{}]", list.join(", "));
+    let proxy = Proxy::start(
+        ProxyConfig::servers(servers)
+            .replace(
+                &line,
+                &format!("{line}\nidentity = \"proxy-v2\"\nhealth_interval = \"1h\""),
+            )
+            .append(METRICS),
+    );
+    assert_eq!(
+        proxy.wait_log("backend health: first probe done", 1)["up"],
+        servers.len() as u64
+    );
+    proxy
+}
+
+fn connect_failures(proxy: &Proxy, server: SocketAddr) -> f64 {
+    proxy
+        .metric(&format!(
+            "starttls_proxy_backend_connect_failures_total{{backend=\"b\",server=\"{server}\"}}"
+        ))
+        .unwrap_or(0.0)
+}
+
+/// Postscreen or smtpd_client_restrictions refusing the real client (the
+/// PROXY header named it): the client gets the backend's own 554, and it
+/// is no failure of the server.
+#[test]
+fn a_5xx_greeting_on_a_proxy_v2_pool_is_relayed_as_is_without_failover() {
+    let refusing = FakeBackend::start(FakeBehaviour::Normal);
+    let second = FakeBackend::start(FakeBehaviour::Normal);
+    let proxy = proxy_v2_pool(&[refusing.addr, second.addr]);
+    refusing.set_behaviour(FakeBehaviour::Greeting("554 5.7.1 you are not welcome"));
+    let mut c = tls_session(&proxy);
+    c.send("EHLO client.test");
+    assert_eq!(c.reply(), "554 5.7.1 you are not welcome\r\n");
+    assert!(c.closed());
+    let s = proxy.wait_log("session", 1);
+    assert_eq!(s["outcome"], "backend_refused_client", "{s}");
+    assert_eq!(s["server"], refusing.addr.to_string(), "{s}");
+    assert_eq!(refusing.sessions(), 1);
+    assert_eq!(second.sessions(), 0, "failed over: {}", second.transcript());
+    assert_eq!(connect_failures(&proxy, refusing.addr), 0.0);
+    assert_eq!(connect_failures(&proxy, second.addr), 0.0);
+    assert!(
+        proxy
+            .logs_with("backend server failed, trying the next")
+            .is_empty()
+    );
+}
+
+/// The same verdict in a plaintext relay: the client's MAIL gets it.
+#[test]
+fn a_multi_line_5xx_greeting_reaches_a_plaintext_client_whole() {
+    let refusing = FakeBackend::start(FakeBehaviour::Normal);
+    let second = FakeBackend::start(FakeBehaviour::Normal);
+    let proxy = proxy_v2_pool(&[refusing.addr, second.addr]);
+    refusing.set_behaviour(FakeBehaviour::Greeting(
+        "554-5.7.1 Service unavailable; client [127.0.0.1] blocked\r\n554 5.7.1 see https://rbl.example.test",
+    ));
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("220 mx1.example.test");
+    c.cmd("EHLO client.test", "250");
+    c.send("MAIL FROM:<a@sender.test>");
+    assert_eq!(
+        c.reply(),
+        "554-5.7.1 Service unavailable; client [127.0.0.1] blocked\r\n554 5.7.1 see https://rbl.example.test\r\n"
+    );
+    assert!(c.closed());
+    assert_eq!(
+        proxy.wait_log("session", 1)["outcome"],
+        "backend_refused_client"
+    );
+    assert_eq!(second.sessions(), 0);
+}
+
+/// A 4xx greeting is the server's trouble, not a verdict: failover, and
+/// it counts as a failure.
+#[test]
+fn a_4xx_greeting_on_a_proxy_v2_pool_still_fails_over() {
+    let busy = FakeBackend::start(FakeBehaviour::Normal);
+    let good = FakeBackend::start(FakeBehaviour::Normal);
+    let proxy = proxy_v2_pool(&[busy.addr, good.addr]);
+    busy.set_behaviour(FakeBehaviour::Greeting("421 4.7.0 too busy, try later"));
+    let mut c = tls_session(&proxy);
+    c.cmd("EHLO client.test", "250-fake.backend.test");
+    c.cmd("QUIT", "221");
+    let s = proxy.wait_log("session", 1);
+    assert_eq!(s["server"], good.addr.to_string(), "{s}");
+    assert_eq!(good.sessions(), 1);
+    assert_eq!(connect_failures(&proxy, busy.addr), 1.0);
+    assert_eq!(
+        proxy
+            .logs_with("backend server failed, trying the next")
+            .len(),
+        1
+    );
+}
+
+// === A backend that does not expect the PROXY header ===
+
+/// Postfix without `smtpd_upstream_proxy_protocol`: the header is a
+/// command it does not know. The probe's log line says what to set.
+#[test]
+fn a_backend_not_expecting_the_proxy_header_is_named_as_such() {
+    let b = ScriptedBackend::start(
+        "220 backend.test ESMTP Postfix",
+        &[("", "500 5.5.2 Error: command not recognized")],
+    );
+    let proxy = Proxy::start(ProxyConfig::servers(&[b.addr]).replace(
+        &format!("servers = [\"{}\"]", b.addr),
+        &format!("servers = [\"{}\"]\nidentity = \"proxy-v1\"", b.addr),
+    ));
+    let down = proxy.wait_log("backend server down (health probe failed)", 1);
+    let error = down["error"].as_str().unwrap_or_default();
+    assert!(error.contains("PROXY header"), "{down}");
+    assert!(
+        error.contains("smtpd_upstream_proxy_protocol = haproxy"),
+        "{down}"
+    );
+    assert!(error.contains("hosts_proxy"), "{down}");
+    assert!(error.contains("500 5.5.2"), "{down}");
+    assert!(
+        b.transcripts()[0].starts_with("PROXY TCP4 "),
+        "{:?}",
+        b.transcripts()
+    );
+}
+
+/// The same backend on a pool without PROXY headers: a refused EHLO is
+/// just that, no PROXY hint.
+#[test]
+fn a_refused_probe_ehlo_without_proxy_headers_gives_no_proxy_hint() {
+    let b = ScriptedBackend::start(
+        "220 backend.test ESMTP",
+        &[("EHLO", "500 5.5.2 Error: command not recognized")],
+    );
+    let proxy = Proxy::start(ProxyConfig::servers(&[b.addr]));
+    let down = proxy.wait_log("backend server down (health probe failed)", 1);
+    let error = down["error"].as_str().unwrap_or_default();
+    assert!(error.contains("EHLO refused: 500 5.5.2"), "{down}");
+    assert!(!error.contains("PROXY"), "{down}");
+}
+
+// === The sink, pre-TLS ===
+
+/// A plaintext SMTPUTF8 sender sees SMTPUTF8 offered and delivers to the
+/// sink.
+#[test]
+fn a_plaintext_smtputf8_sender_delivers_to_the_sink() {
+    let proxy = Proxy::start(ProxyConfig::sink());
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("220 mx1.example.test");
+    let ehlo = c.cmd("EHLO client.test", "250-mx1.example.test");
+    assert!(ehlo.contains("250-SMTPUTF8\r\n"), "{ehlo}");
+    assert!(ehlo.ends_with("250 STARTTLS\r\n"), "{ehlo}");
+    assert!(!ehlo.contains("AUTH"), "{ehlo}");
+    c.cmd("MAIL FROM:<ü@example.test> SMTPUTF8", "250");
+    c.cmd("RCPT TO:<rcpt@example.test>", "250");
+    c.cmd("DATA", "354");
+    c.send("Subject: grüße\r\n\r\nHallo.\r\n.");
+    c.expect("250 2.0.0 Ok: queued");
+    c.cmd("QUIT", "221");
+    let messages = proxy.sink_messages();
+    assert_eq!(messages.len(), 1);
+    let m = String::from_utf8(messages[0].clone()).unwrap();
+    assert!(m.starts_with("Return-Path: <ü@example.test>\r\n"), "{m}");
+    assert!(m.contains("Subject: grüße\r\n"), "{m}");
+}

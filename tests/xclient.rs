@@ -156,3 +156,109 @@ fn postfix_accepts_xclient_and_sees_the_client() {
         "Postfix did not take the XCLIENT identity:\n{msg}"
     );
 }
+
+const METRICS: &str = "\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
+
+/// `xclient_config` for a pool of several servers, with metrics.
+fn xclient_pool_config(servers: &[SocketAddr], dns: &DnsServer) -> ProxyConfig {
+    let list: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();
+    let line = format!("servers = [{}]", list.join(", "));
+    ProxyConfig::servers(servers)
+        .replace(
+            "tls = \"opportunistic\"",
+            "tls = \"opportunistic\"\nproxy_protocol = { version = 1, trusted = [\"127.0.0.0/8\"] }",
+        )
+        .replace(&line, &format!("{line}\nidentity = \"xclient\""))
+        .append(&format!("\n[dns]\nnameservers = [\"{}\"]\n", dns.addr))
+        .append(METRICS)
+}
+
+/// What a Postfix ≥ 3.8 with smtpd_authorized_xclient_hosts announces.
+const EHLO_WITH_XCLIENT: &str = "250-scripted.test\r\n250-PIPELINING\r\n250-XCLIENT NAME ADDR PORT PROTO HELO LOGIN DESTADDR DESTPORT\r\n250 8BITMIME";
+
+/// The backend, told who the client is, refuses it at XCLIENT: the client
+/// gets that reply whole, and no other server is tried.
+#[test]
+fn a_5xx_reply_to_xclient_is_relayed_as_is_without_failover() {
+    let dns = dns();
+    let refusing = ScriptedBackend::start(
+        "220 scripted.test ESMTP",
+        &[
+            ("EHLO", EHLO_WITH_XCLIENT),
+            (
+                "XCLIENT",
+                "550-5.7.1 Client host rejected: [203.0.113.5] is listed\r\n550 5.7.1 see https://rbl.example.test",
+            ),
+        ],
+    );
+    let second = FakeBackend::start(FakeBehaviour::Normal);
+    let proxy = Proxy::start(xclient_pool_config(&[refusing.addr, second.addr], &dns));
+    assert_eq!(
+        proxy.wait_log("backend health: first probe done", 1)["up"],
+        2
+    );
+    let mut c = Smtp::connect_proxied(proxy.addr(), "PROXY TCP4 203.0.113.5 127.0.0.1 40000 25");
+    c.expect("220");
+    c.cmd("EHLO client5.sender.test", "250");
+    c.cmd("STARTTLS", "220");
+    let mut c = c
+        .start_tls(Some("mx1.example.test"), "mx1.example.test")
+        .expect("handshake");
+    c.send("EHLO client5.sender.test");
+    assert_eq!(
+        c.reply(),
+        "550-5.7.1 Client host rejected: [203.0.113.5] is listed\r\n550 5.7.1 see https://rbl.example.test\r\n"
+    );
+    assert!(c.closed());
+    let s = proxy.wait_log("session", 1);
+    assert_eq!(s["outcome"], "backend_refused_client", "{s}");
+    assert_eq!(second.sessions(), 0, "failed over: {}", second.transcript());
+    let failures = proxy.metric(&format!(
+        "starttls_proxy_backend_connect_failures_total{{backend=\"b\",server=\"{}\"}}",
+        refusing.addr
+    ));
+    assert_eq!(failures.unwrap_or(0.0), 0.0);
+    let session = &refusing.transcripts()[1];
+    assert!(
+        session.contains("\r\nXCLIENT ADDR=203.0.113.5 PORT=40000 "),
+        "{session}"
+    );
+}
+
+/// A client that said HELO is `PROTO=SMTP`; DESTADDR and DESTPORT name
+/// the address it connected to (here: the balancer's PROXY header's).
+#[test]
+fn xclient_says_smtp_after_helo_and_names_the_destination() {
+    let dns = dns();
+    let b = ScriptedBackend::start(
+        "220 scripted.test ESMTP",
+        &[
+            ("EHLO", EHLO_WITH_XCLIENT),
+            ("XCLIENT", "220 scripted.test ESMTP"),
+        ],
+    );
+    let proxy = Proxy::start(xclient_pool_config(&[b.addr], &dns));
+    let mut c = Smtp::connect_proxied(
+        proxy.addr(),
+        "PROXY TCP4 203.0.113.5 198.51.100.25 40000 25",
+    );
+    c.expect("220");
+    c.cmd("HELO client5.sender.test", "250");
+    c.cmd("MAIL FROM:<a@sender.test>", "250");
+    c.cmd("QUIT", "221");
+    proxy.wait_log("session", 1);
+    let session = b.transcripts()[1].clone();
+    let xclient = session
+        .lines()
+        .find(|l| l.starts_with("XCLIENT"))
+        .unwrap_or_default();
+    assert_eq!(
+        xclient,
+        "XCLIENT ADDR=203.0.113.5 PORT=40000 PROTO=SMTP HELO=client5.sender.test NAME=client5.sender.test DESTADDR=198.51.100.25 DESTPORT=25",
+        "{session}"
+    );
+    assert!(
+        session.contains("\r\nHELO client5.sender.test\r\nMAIL FROM:<a@sender.test>\r\n"),
+        "the client's HELO follows: {session}"
+    );
+}

@@ -4,6 +4,13 @@
 //! found positive; anything else (refused, timeout, a 4xx/5xx greeting,
 //! garbage) moves on to the next server, and when none is left the session
 //! answers the client with a 4xx — never a 5xx (DESIGN.md §2, nothing lost).
+//!
+//! One exception: a pool that tells the backend who the client is (PROXY
+//! header, XCLIENT) gets the backend's verdict on that client. A 5xx
+//! greeting after the PROXY header, or a 5xx reply to XCLIENT, is that
+//! verdict (postscreen, `smtpd_client_restrictions`): it is
+//! [`BackendError::ClientRefused`], relayed to the client as is, and is no
+//! failure of the server — no failover, not counted.
 
 pub mod health;
 pub mod identity;
@@ -87,6 +94,17 @@ pub enum BackendError {
     XclientRefused { server: String, text: String },
     #[error("backend {backend:?} has no server")]
     NoServers { backend: String },
+    /// The backend, knowing who the client is, refused it with a 5xx: its
+    /// answer for the client, not a failure of the server.
+    #[error("{server}: refused the client: {}", .reply.first_line_text())]
+    ClientRefused { server: String, reply: BackendReply },
+    /// A PROXY pool's server acts as if the header were an SMTP command.
+    #[error(
+        "{server}: {detail}: the backend probably does not accept the PROXY header \
+         (Postfix: smtpd_upstream_proxy_protocol = haproxy for that smtpd in master.cf, \
+         or in main.cf; Exim: hosts_proxy)"
+    )]
+    ProxyHeaderRejected { server: String, detail: String },
 }
 
 #[derive(Debug)]
@@ -122,10 +140,14 @@ impl Backend {
     ) -> std::io::Result<Self> {
         let (target, health) = match &config.target {
             BackendTarget::Servers(s) => (Target::Servers(s.clone()), Health::new(s)),
-            BackendTarget::Sink(dir) => (
-                Target::Sink(Arc::new(sink::Sink::open(dir, hostname)?)),
-                Health::always_up(),
-            ),
+            BackendTarget::Sink(dir) => {
+                let sink = sink::Sink::open(dir, hostname)?;
+                // No probe for the sink: the pre-TLS EHLO offers what the
+                // sink's own EHLO does, as a probe would have seen it.
+                let health = Health::always_up();
+                health.set_extensions(Some(sink.ehlo_texts()));
+                (Target::Sink(Arc::new(sink)), health)
+            }
         };
         Ok(Self {
             name: config.name.clone(),
@@ -142,6 +164,10 @@ impl Backend {
 
     pub fn health(&self) -> &Health {
         &self.health
+    }
+
+    fn sends_proxy_header(&self) -> bool {
+        matches!(self.identity, Identity::ProxyV1 | Identity::ProxyV2)
     }
 
     /// Probes every server now and then every `health_interval`, forever.
@@ -224,10 +250,14 @@ impl Backend {
                 timeout,
             })??;
         if reply.code != 250 {
-            return Err(BackendError::EhloRefused {
-                server,
-                text: reply.first_line_text(),
-            });
+            let text = reply.first_line_text();
+            if self.sends_proxy_header() && looks_unrecognized(&reply) {
+                return Err(BackendError::ProxyHeaderRejected {
+                    server,
+                    detail: format!("EHLO refused: {text}"),
+                });
+            }
+            return Err(BackendError::EhloRefused { server, text });
         }
         let texts = reply.texts();
         if self.identity == Identity::Xclient && xclient::announced(&texts).is_none() {
@@ -237,8 +267,13 @@ impl Backend {
     }
 
     /// Connects to the first server that greets positively, telling it who
-    /// the client is as configured.
-    pub async fn connect(&self, client: &ClientIdentity) -> Result<BackendConn, BackendError> {
+    /// the client is as configured. `proto`: how the client greeted (for
+    /// XCLIENT).
+    pub async fn connect(
+        &self,
+        client: &ClientIdentity,
+        proto: xclient::Proto,
+    ) -> Result<BackendConn, BackendError> {
         let servers = match &self.target {
             Target::Sink(s) => return Ok(s.connect()),
             Target::Servers(s) => s,
@@ -254,11 +289,13 @@ impl Backend {
         };
         let order = self.health.connect_order();
         for addr in order.iter().filter(|a| servers.contains(a)) {
-            match self
-                .connect_one(*addr, Header::Client(client, &name), self.connect_timeout)
-                .await
-            {
+            let header = Header::Client(client, &name, proto);
+            match self.connect_one(*addr, header, self.connect_timeout).await {
                 Ok(c) => return Ok(c),
+                Err(e @ BackendError::ClientRefused { .. }) => {
+                    info!(backend = %self.name, error = %e, "backend server refused the client: its reply goes to the client, no failover");
+                    return Err(e);
+                }
                 Err(e) => {
                     warn!(backend = %self.name, error = %e, "backend server failed, trying the next");
                     last = e;
@@ -268,7 +305,8 @@ impl Backend {
         Err(last)
     }
 
-    /// Connects to one server and reads its greeting; a failure is counted.
+    /// Connects to one server and reads its greeting; a failure is counted
+    /// (the backend's verdict on a client is not a failure).
     async fn connect_one(
         &self,
         addr: SocketAddr,
@@ -276,7 +314,7 @@ impl Backend {
         timeout: Duration,
     ) -> Result<BackendConn, BackendError> {
         let result = self.try_connect_one(addr, header, timeout).await;
-        if result.is_err() {
+        if matches!(&result, Err(e) if !matches!(e, BackendError::ClientRefused { .. })) {
             metrics::backend_connect_failed(&self.name, &addr.to_string());
         }
         result
@@ -289,53 +327,37 @@ impl Backend {
         timeout: Duration,
     ) -> Result<BackendConn, BackendError> {
         let server = addr.to_string();
-        let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Err(_) => return Err(BackendError::ConnectTimeout { server, timeout }),
-            Ok(Err(source)) => return Err(BackendError::Connect { server, source }),
-            Ok(Ok(tcp)) => tcp,
-        };
-        let _ = tcp.set_nodelay(true);
-        let header_kind = header;
-        let header = match header {
-            Header::Client(c, _) => identity::proxy_header(self.identity, c),
-            Header::Probe => {
-                let local = tcp.local_addr().map_err(|source| BackendError::Connect {
-                    server: server.clone(),
-                    source,
-                })?;
-                identity::probe_header(self.identity, local, addr)
-            }
-        };
-        let mut io: Box<dyn BackendIo> = Box::new(tcp);
-        if let Some(header) = header {
-            let sent = tokio::time::timeout(timeout, async {
-                io.write_all(&header).await?;
-                io.flush().await
-            })
-            .await;
-            match sent {
-                Ok(Ok(())) => {}
-                Ok(Err(source)) => return Err(BackendError::Connect { server, source }),
-                Err(_) => return Err(BackendError::ConnectTimeout { server, timeout }),
-            }
-        }
+        let (mut io, header_sent) = self.open(addr, header, timeout).await?;
         let mut parser = ReplyParser::default();
         let greeting = tokio::time::timeout(timeout, read_reply(&mut io, &mut parser, &server))
             .await
             .map_err(|_| BackendError::GreetingTimeout {
                 server: server.clone(),
                 timeout,
-            })??;
+            })?;
+        let greeting = match greeting {
+            Err(BackendError::GreetingEof { server }) if header_sent => {
+                return Err(BackendError::ProxyHeaderRejected {
+                    server,
+                    detail: "closed right after the PROXY header".to_string(),
+                });
+            }
+            other => other?,
+        };
         if greeting.code != 220 {
-            return Err(BackendError::GreetingRefused {
-                server,
-                text: greeting.first_line_text(),
-            });
+            return Err(self.greeting_refused(server, greeting, header));
         }
-        if let (Identity::Xclient, Header::Client(client, name)) = (self.identity, header_kind) {
+        if let (Identity::Xclient, Header::Client(client, name, proto)) = (self.identity, header) {
+            let facts = xclient::XclientFacts {
+                client: client.client,
+                local: client.local,
+                proto,
+                helo: client.helo.as_deref(),
+                name,
+            };
             tokio::time::timeout(
                 timeout,
-                self.send_xclient(&mut io, &mut parser, &server, client, name),
+                self.send_xclient(&mut io, &mut parser, &server, &facts),
             )
             .await
             .map_err(|_| BackendError::EhloTimeout {
@@ -346,15 +368,81 @@ impl Backend {
         Ok(BackendConn { io, server, parser })
     }
 
+    /// Connects, and writes the PROXY header if the pool sends one
+    /// (returned `true` then).
+    async fn open(
+        &self,
+        addr: SocketAddr,
+        header: Header<'_>,
+        timeout: Duration,
+    ) -> Result<(Box<dyn BackendIo>, bool), BackendError> {
+        let server = addr.to_string();
+        let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Err(_) => return Err(BackendError::ConnectTimeout { server, timeout }),
+            Ok(Err(source)) => return Err(BackendError::Connect { server, source }),
+            Ok(Ok(tcp)) => tcp,
+        };
+        let _ = tcp.set_nodelay(true);
+        let bytes = match header {
+            Header::Client(c, _, _) => identity::proxy_header(self.identity, c),
+            Header::Probe => {
+                let local = tcp.local_addr().map_err(|source| BackendError::Connect {
+                    server: server.clone(),
+                    source,
+                })?;
+                identity::probe_header(self.identity, local, addr)
+            }
+        };
+        let mut io: Box<dyn BackendIo> = Box::new(tcp);
+        let Some(bytes) = bytes else {
+            return Ok((io, false));
+        };
+        let sent = tokio::time::timeout(timeout, async {
+            io.write_all(&bytes).await?;
+            io.flush().await
+        })
+        .await;
+        match sent {
+            Ok(Ok(())) => Ok((io, true)),
+            Ok(Err(source)) => Err(BackendError::Connect { server, source }),
+            Err(_) => Err(BackendError::ConnectTimeout { server, timeout }),
+        }
+    }
+
+    /// The error for a greeting other than 220. After a PROXY header with
+    /// the client's address, a 5xx is the backend's verdict on the client.
+    /// (An XCLIENT pool's first greeting is still about the proxy: the
+    /// backend learns who the client is only later.)
+    fn greeting_refused(
+        &self,
+        server: String,
+        greeting: BackendReply,
+        header: Header<'_>,
+    ) -> BackendError {
+        let client_known = matches!(header, Header::Client(..))
+            && matches!(self.identity, Identity::ProxyV1 | Identity::ProxyV2);
+        if client_known && (500..600).contains(&greeting.code) {
+            BackendError::ClientRefused {
+                server,
+                reply: greeting,
+            }
+        } else {
+            BackendError::GreetingRefused {
+                server,
+                text: greeting.first_line_text(),
+            }
+        }
+    }
+
     /// EHLO, then XCLIENT with what the backend announced; its new 220
-    /// greeting is consumed like the first.
+    /// greeting is consumed like the first. A 5xx instead is the backend's
+    /// verdict on the client.
     async fn send_xclient(
         &self,
         io: &mut Box<dyn BackendIo>,
         parser: &mut ReplyParser,
         server: &str,
-        client: &ClientIdentity,
-        name: &xclient::ClientName,
+        facts: &xclient::XclientFacts<'_>,
     ) -> Result<(), BackendError> {
         let write_err = |source| BackendError::Write {
             server: server.to_string(),
@@ -374,32 +462,43 @@ impl Backend {
             xclient::announced(&ehlo.texts()).ok_or_else(|| BackendError::XclientNotOffered {
                 server: server.to_string(),
             })?;
-        let facts = xclient::XclientFacts {
-            client: client.client,
-            helo: client.helo.as_deref(),
-            name,
-        };
-        io.write_all(xclient::command(&facts, &announced).as_bytes())
+        io.write_all(xclient::command(facts, &announced).as_bytes())
             .await
             .map_err(write_err)?;
         let reply = read_reply(io, parser, server).await?;
-        if reply.code != 220 {
-            return Err(BackendError::XclientRefused {
+        match reply.code {
+            220 => Ok(()),
+            500..=599 => Err(BackendError::ClientRefused {
+                server: server.to_string(),
+                reply,
+            }),
+            _ => Err(BackendError::XclientRefused {
                 server: server.to_string(),
                 text: reply.first_line_text(),
-            });
+            }),
         }
-        Ok(())
     }
 }
 
 /// What the PROXY header (if the pool sends one) says.
 #[derive(Debug, Clone, Copy)]
 enum Header<'a> {
-    /// The client's identity (and, for XCLIENT, its looked-up name).
-    Client(&'a ClientIdentity, &'a xclient::ClientName),
+    /// The client's identity (and, for XCLIENT, its looked-up name and
+    /// how it greeted).
+    Client(&'a ClientIdentity, &'a xclient::ClientName, xclient::Proto),
     /// A health probe: the proxy itself.
     Probe,
+}
+
+/// A 5xx that says the command was not understood: what an MTA not
+/// expecting a PROXY header answers to it (Postfix: `500 5.5.2 Error:
+/// command not recognized`), and then to the EHLO that follows.
+fn looks_unrecognized(reply: &BackendReply) -> bool {
+    let text = reply.first_line_text().to_ascii_lowercase();
+    (500..600).contains(&reply.code)
+        && (matches!(reply.code, 500 | 502)
+            || text.contains("unrecognized")
+            || text.contains("not recognized"))
 }
 
 /// Reads one complete reply.

@@ -21,6 +21,18 @@ use crate::smtp::reply::ReplyParser;
 /// Command lines longer than this are refused by the sink.
 const MAX_LINE: usize = 64 * 1024;
 
+/// What the sink's EHLO reply offers after its name. The pre-TLS EHLO
+/// offers these too (through the same safe-set filter as a probed
+/// backend's), so a plaintext client can use what the sink accepts.
+const EXTENSIONS: &[&str] = &[
+    "PIPELINING",
+    "8BITMIME",
+    "SMTPUTF8",
+    "ENHANCEDSTATUSCODES",
+    "CHUNKING",
+    "DSN",
+];
+
 #[derive(Debug)]
 pub struct Sink {
     dir: PathBuf,
@@ -62,6 +74,18 @@ impl Sink {
         }
     }
 
+    /// The texts of the sink's EHLO reply: its name, then its extensions
+    /// (the shape `Health::set_extensions` takes from a probe).
+    pub fn ehlo_texts(&self) -> Vec<String> {
+        std::iter::once(self.hostname.clone())
+            .chain(EXTENSIONS.iter().map(|e| e.to_string()))
+            .collect()
+    }
+
+    fn ehlo_reply(&self) -> String {
+        crate::smtp::ehlo::multiline(250, &self.ehlo_texts())
+    }
+
     fn unique_name(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let now = std::time::SystemTime::now()
@@ -94,10 +118,7 @@ impl Sink {
             let upper = text.to_ascii_uppercase();
             let verb = upper.split(' ').next().unwrap_or("");
             let reply: String = match verb {
-                "EHLO" => format!(
-                    "250-{}\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250 DSN\r\n",
-                    self.hostname
-                ),
+                "EHLO" => self.ehlo_reply(),
                 "HELO" => format!("250 {}\r\n", self.hostname),
                 "MAIL" => match angle_arg(text, "FROM:") {
                     Some(a) if from.is_none() => {
@@ -282,6 +303,27 @@ async fn copy_dot_stuffed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pre_tls_ehlo_offers_what_the_sink_accepts() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Sink::open(dir.path(), "mx.test").unwrap();
+        assert_eq!(
+            sink.ehlo_reply(),
+            "250-mx.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250 DSN\r\n"
+        );
+        let health = crate::backend::Health::always_up();
+        health.set_extensions(Some(sink.ehlo_texts()));
+        let offered = health.extensions().unwrap();
+        assert!(offered.iter().any(|e| e == "SMTPUTF8"), "{offered:?}");
+        assert!(
+            !offered.iter().any(|e| e.starts_with("AUTH")),
+            "{offered:?}"
+        );
+        let pre_tls = crate::smtp::ehlo::pre_tls_reply("mx.test", Some(&offered), true);
+        assert!(pre_tls.contains("250-SMTPUTF8\r\n"), "{pre_tls}");
+        assert!(pre_tls.ends_with("250 STARTTLS\r\n"), "{pre_tls}");
+    }
 
     #[test]
     fn angle_args() {

@@ -1,6 +1,8 @@
 //! `identity = "xclient"`: after the backend's greeting the proxy says
-//! `EHLO`, then `XCLIENT ADDR=… PORT=… PROTO=… HELO=… NAME=…` (Postfix's
-//! and Exim's XCLIENT), and the backend greets again with 220.
+//! `EHLO`, then `XCLIENT ADDR=… PORT=… PROTO=… HELO=… NAME=… DESTADDR=…
+//! DESTPORT=…` (Postfix's and Exim's XCLIENT; Postfix ≥ 3.8 announces
+//! DESTADDR and DESTPORT), and the backend greets again with 220. Only the
+//! attributes the backend announced are sent.
 //!
 //! Every value is xtext-encoded (RFC 3461 §4), and NAME only ever comes
 //! from a forward-confirmed reverse lookup (PTR, then A/AAAA containing the
@@ -16,6 +18,8 @@ use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, R
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::{ResolveError, TokioResolver};
+
+use crate::smtp::command::Command;
 
 /// The whole lookup (PTR and the forward confirmations) is bounded by this.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -144,12 +148,57 @@ pub fn xtext(s: &str) -> String {
     out
 }
 
+/// How the client greeted (XCLIENT `PROTO`): Postfix writes it into its
+/// `Received:` header (`with SMTP`/`with ESMTP`) and never downgrades
+/// ESMTP to SMTP on a later HELO, so it has to be right from the start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// The client said HELO.
+    Smtp,
+    /// The client said EHLO, or has not greeted yet (implicit TLS, or
+    /// after STARTTLS, which only an EHLO client is offered).
+    Esmtp,
+}
+
+impl Proto {
+    /// From the client's HELO/EHLO command line (without CRLF), if it
+    /// greeted in the session state the backend is joining.
+    pub fn of_greeting(line: Option<&[u8]>) -> Self {
+        match line.map(Command::parse) {
+            Some(Command::Helo(_)) => Self::Smtp,
+            _ => Self::Esmtp,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Smtp => "SMTP",
+            Self::Esmtp => "ESMTP",
+        }
+    }
+}
+
 /// The facts for one XCLIENT command.
 #[derive(Debug, Clone)]
 pub struct XclientFacts<'a> {
     pub client: SocketAddr,
+    /// The listener address the client connected to (DESTADDR/DESTPORT).
+    pub local: SocketAddr,
+    pub proto: Proto,
     pub helo: Option<&'a str>,
     pub name: &'a ClientName,
+}
+
+/// An address as XCLIENT takes it: IPv4 as is (also when it reached a
+/// dual-stack socket as `::ffff:a.b.c.d`), IPv6 with the `IPV6:` prefix.
+fn xclient_addr(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => format!("IPV6:{v6}"),
+        },
+    }
 }
 
 /// The XCLIENT command line (CRLF included), with only the attributes the
@@ -158,17 +207,13 @@ pub fn command(facts: &XclientFacts<'_>, announced: &[String]) -> String {
     let offers = |attr: &str| announced.iter().any(|a| a.eq_ignore_ascii_case(attr));
     let mut parts = vec!["XCLIENT".to_string()];
     if offers("ADDR") {
-        let addr = match facts.client.ip() {
-            IpAddr::V4(v4) => v4.to_string(),
-            IpAddr::V6(v6) => format!("IPV6:{v6}"),
-        };
-        parts.push(format!("ADDR={}", xtext(&addr)));
+        parts.push(format!("ADDR={}", xtext(&xclient_addr(facts.client.ip()))));
     }
     if offers("PORT") {
         parts.push(format!("PORT={}", facts.client.port()));
     }
     if offers("PROTO") {
-        parts.push("PROTO=ESMTP".to_string());
+        parts.push(format!("PROTO={}", facts.proto.as_str()));
     }
     if offers("HELO") {
         // Postfix refuses a HELO over 255 bytes (501), which would fail
@@ -179,6 +224,13 @@ pub fn command(facts: &XclientFacts<'_>, announced: &[String]) -> String {
     }
     if offers("NAME") {
         parts.push(format!("NAME={}", facts.name.as_xclient()));
+    }
+    if offers("DESTADDR") {
+        let dest = xclient_addr(facts.local.ip());
+        parts.push(format!("DESTADDR={}", xtext(&dest)));
+    }
+    if offers("DESTPORT") {
+        parts.push(format!("DESTPORT={}", facts.local.port()));
     }
     format!("{}\r\n", parts.join(" "))
 }
@@ -222,18 +274,21 @@ mod tests {
         assert_eq!(host_name(&format!("{}.test", "a".repeat(64))), None);
     }
 
+    fn attrs(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
     #[test]
     fn command_sends_only_what_the_backend_announced() {
         let name = ClientName::Verified("client.example.test".into());
         let facts = XclientFacts {
             client: "[2001:db8::5]:40000".parse().unwrap(),
+            local: "[2001:db8::25]:25".parse().unwrap(),
+            proto: Proto::Esmtp,
             helo: Some("odd helo=x"),
             name: &name,
         };
-        let all: Vec<String> = ["NAME", "ADDR", "PORT", "PROTO", "HELO"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let all = attrs(&["NAME", "ADDR", "PORT", "PROTO", "HELO"]);
         assert_eq!(
             command(&facts, &all),
             "XCLIENT ADDR=IPV6:2001:db8::5 PORT=40000 PROTO=ESMTP HELO=odd+20helo+3Dx NAME=client.example.test\r\n"
@@ -251,6 +306,8 @@ mod tests {
         let unavailable = ClientName::Unavailable;
         let facts = XclientFacts {
             client: "192.0.2.7:25".parse().unwrap(),
+            local: "198.51.100.1:25".parse().unwrap(),
+            proto: Proto::Esmtp,
             helo: None,
             name: &unavailable,
         };
@@ -258,6 +315,60 @@ mod tests {
             command(&facts, &all),
             "XCLIENT ADDR=192.0.2.7 PORT=25 PROTO=ESMTP NAME=[UNAVAILABLE]\r\n"
         );
+    }
+
+    #[test]
+    fn proto_says_smtp_after_helo() {
+        assert_eq!(Proto::of_greeting(Some(b"HELO c.test")), Proto::Smtp);
+        assert_eq!(Proto::of_greeting(Some(b"helo c.test")), Proto::Smtp);
+        assert_eq!(Proto::of_greeting(Some(b"EHLO c.test")), Proto::Esmtp);
+        assert_eq!(Proto::of_greeting(None), Proto::Esmtp);
+        let name = ClientName::Unavailable;
+        let facts = XclientFacts {
+            client: "192.0.2.7:40000".parse().unwrap(),
+            local: "198.51.100.1:25".parse().unwrap(),
+            proto: Proto::of_greeting(Some(b"HELO c.test")),
+            helo: Some("c.test"),
+            name: &name,
+        };
+        assert_eq!(
+            command(&facts, &attrs(&["PROTO", "HELO"])),
+            "XCLIENT PROTO=SMTP HELO=c.test\r\n"
+        );
+    }
+
+    #[test]
+    fn destaddr_and_destport_when_announced() {
+        let name = ClientName::Unavailable;
+        let facts = XclientFacts {
+            client: "192.0.2.7:40000".parse().unwrap(),
+            local: "[::ffff:198.51.100.1]:587".parse().unwrap(),
+            proto: Proto::Esmtp,
+            helo: None,
+            name: &name,
+        };
+        // Postfix 3.8's announcement, in its order.
+        let postfix = attrs(&[
+            "NAME", "ADDR", "PORT", "PROTO", "HELO", "LOGIN", "DESTADDR", "DESTPORT",
+        ]);
+        assert_eq!(
+            command(&facts, &postfix),
+            "XCLIENT ADDR=192.0.2.7 PORT=40000 PROTO=ESMTP NAME=[UNAVAILABLE] DESTADDR=198.51.100.1 DESTPORT=587\r\n"
+        );
+        assert_eq!(
+            command(&facts, &attrs(&["destport"])),
+            "XCLIENT DESTPORT=587\r\n"
+        );
+        let v6 = XclientFacts {
+            local: "[2001:db8::25]:25".parse().unwrap(),
+            ..facts.clone()
+        };
+        assert_eq!(
+            command(&v6, &attrs(&["DESTADDR"])),
+            "XCLIENT DESTADDR=IPV6:2001:db8::25\r\n"
+        );
+        let without = command(&facts, &attrs(&["NAME", "ADDR", "PORT", "PROTO", "HELO"]));
+        assert!(!without.contains("DEST"), "{without}");
     }
 
     #[test]

@@ -17,7 +17,29 @@ use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    demo_keys_0600(&repo);
+    repo
+}
+
+/// git checks the demo keys out 0644 (it keeps no modes but +x); the proxy
+/// warns about keys others can read, as it should for real ones.
+fn demo_keys_0600(repo: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        for k in [
+            "mx1.example.test/privkey.pem",
+            "mx1.example.test/ecdsa/privkey.pem",
+            "mx.tenant2.test/privkey.pem",
+            "wild.test/privkey.pem",
+        ] {
+            let _ = std::fs::set_permissions(
+                repo.join("certs.example").join(k),
+                std::fs::Permissions::from_mode(0o600),
+            );
+        }
+    });
 }
 
 pub fn certs() -> PathBuf {
@@ -1085,5 +1107,84 @@ impl Drop for DnsServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+// === Backends from a script ===
+
+impl FakeBackend {
+    /// How many client sessions (connections other than health probes)
+    /// the backend accepted, including ones that sent nothing yet.
+    pub fn sessions(&self) -> usize {
+        self.transcripts(false).len()
+    }
+}
+
+/// A backend whose replies are a script: it greets with `greeting`, then
+/// answers each line received with the reply of the first `(prefix,
+/// reply)` whose prefix starts the line (ASCII case ignored; `""` matches
+/// any line), else `250 2.0.0 Ok`. Replies may be multi-line (`\r\n`
+/// between lines; the last CRLF is added). `QUIT` gets 221 and a close
+/// unless the script says otherwise. Each connection's lines are kept.
+pub struct ScriptedBackend {
+    pub addr: SocketAddr,
+    connections: Arc<Mutex<Vec<Recorded>>>,
+}
+
+pub type Script = &'static [(&'static str, &'static str)];
+
+impl ScriptedBackend {
+    pub fn start(greeting: &'static str, script: Script) -> ScriptedBackend {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let connections: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let conns = connections.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(conn) = conn else { return };
+                let rec: Recorded = Arc::default();
+                conns.lock().unwrap().push(rec.clone());
+                std::thread::spawn(move || scripted_session(conn, greeting, script, rec));
+            }
+        });
+        ScriptedBackend { addr, connections }
+    }
+
+    /// Every connection's bytes (probes included), in accept order.
+    pub fn transcripts(&self) -> Vec<String> {
+        self.connections
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| String::from_utf8_lossy(&c.lock().unwrap()).into_owned())
+            .collect()
+    }
+}
+
+fn scripted_session(mut conn: TcpStream, greeting: &str, script: Script, rec: Recorded) {
+    let _ = conn.write_all(format!("{greeting}\r\n").as_bytes());
+    let mut r = BufReader::new(conn.try_clone().unwrap());
+    loop {
+        let mut line = Vec::new();
+        match r.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        rec.lock().unwrap().extend_from_slice(&line);
+        let starts = |prefix: &str| {
+            line.len() >= prefix.len()
+                && line[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+        };
+        let reply = match script.iter().find(|(prefix, _)| starts(prefix)) {
+            Some((_, reply)) => *reply,
+            None if starts("QUIT") => {
+                let _ = conn.write_all(b"221 2.0.0 Bye\r\n");
+                return;
+            }
+            None => "250 2.0.0 Ok",
+        };
+        if conn.write_all(format!("{reply}\r\n").as_bytes()).is_err() {
+            return;
+        }
     }
 }
