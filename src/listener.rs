@@ -45,7 +45,9 @@ struct Counts {
 #[derive(Debug)]
 pub struct ConnectionSlot {
     table: Arc<ConnectionTable>,
-    ip: IpAddr,
+    /// The client's address (its IPv6 prefix), once known: a connection
+    /// from a balancer still sending its PROXY header has none yet.
+    key: Option<IpAddr>,
     _active: ActiveConnection,
 }
 
@@ -98,27 +100,30 @@ impl ConnectionTable {
         });
     }
 
-    /// Takes a slot for `ip` unless a limit is reached.
+    /// Takes a slot for `ip` unless a limit is reached. IPv6 clients are
+    /// counted by their `/v6_prefix` (one site holds a whole /64).
     pub fn admit(
         self: &Arc<Self>,
         ip: IpAddr,
-        max_total: u32,
-        max_per_ip: u32,
+        limits: &crate::config::Limits,
     ) -> Result<ConnectionSlot, Rejection> {
+        let mut slot = self.admit_unknown(limits.max_connections)?;
+        slot.assign(ip, limits)?;
+        Ok(slot)
+    }
+
+    /// Takes a slot that counts towards the total only, for a connection
+    /// whose client is not known yet (a balancer's PROXY header to come).
+    pub fn admit_unknown(self: &Arc<Self>, max_total: u32) -> Result<ConnectionSlot, Rejection> {
         let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if c.total >= max_total {
             return Err(Rejection::MaxConnections);
         }
-        let n = c.per_ip.entry(ip).or_insert(0);
-        if *n >= max_per_ip {
-            return Err(Rejection::MaxConnectionsPerIp);
-        }
-        *n += 1;
         c.total += 1;
         self.update_stress(c.total);
         Ok(ConnectionSlot {
             table: self.clone(),
-            ip,
+            key: None,
             _active: ActiveConnection::open(),
         })
     }
@@ -139,15 +144,47 @@ impl ConnectionTable {
     }
 }
 
+impl ConnectionSlot {
+    /// Counts the slot against its client's address (or IPv6 prefix)
+    /// unless that one is at its limit.
+    pub fn assign(&mut self, ip: IpAddr, limits: &crate::config::Limits) -> Result<(), Rejection> {
+        let key = per_ip_key(ip, limits.ipv6_prefix);
+        let mut c = self.table.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let n = c.per_ip.entry(key).or_insert(0);
+        if *n >= limits.max_connections_per_ip {
+            if *n == 0 {
+                c.per_ip.remove(&key);
+            }
+            return Err(Rejection::MaxConnectionsPerIp);
+        }
+        *n += 1;
+        self.key = Some(key);
+        Ok(())
+    }
+}
+
+/// What per-IP limits count: the address, or an IPv6 address's prefix.
+fn per_ip_key(ip: IpAddr, v6_prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match ipnet::Ipv6Net::new(v6, v6_prefix) {
+            Ok(net) => IpAddr::V6(net.network()),
+            Err(_) => ip,
+        },
+        v4 => v4,
+    }
+}
+
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         let mut c = self.table.inner.lock().unwrap_or_else(|p| p.into_inner());
         c.total = c.total.saturating_sub(1);
         self.table.update_stress(c.total);
-        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+        if let Some(key) = self.key
+            && let Some(n) = c.per_ip.get_mut(&key)
+        {
             *n -= 1;
             if *n == 0 {
-                c.per_ip.remove(&self.ip);
+                c.per_ip.remove(&key);
             }
         }
         drop(c);
@@ -183,7 +220,10 @@ pub async fn serve(
         metrics::connection_accepted(&listener_label);
         let local = tcp.local_addr().unwrap_or(ctx.address);
         let Some(pp) = ctx.proxy_protocol.clone() else {
-            start_session(&ctx, &table, tcp, peer, local, &shutdown);
+            match table.admit_unknown(ctx.limits.max_connections) {
+                Ok(slot) => start_session(&ctx, slot, tcp, peer, local, &shutdown),
+                Err(why) => refuse(&ctx, tcp, peer, why),
+            }
             continue;
         };
         // Behind a balancer: only it may speak, and what it says about the
@@ -194,14 +234,23 @@ pub async fn serve(
             warn!(%peer, listener = %ctx.address, reason = reason.as_str(), "connection rejected: not a trusted balancer on a PROXY protocol listener");
             continue;
         }
-        let (ctx, table, shutdown) = (ctx.clone(), table.clone(), shutdown.clone());
+        // A connection still sending its header holds a slot too: a
+        // balancer cannot open more than max_connections of them.
+        let slot = match table.admit_unknown(ctx.limits.max_connections) {
+            Ok(slot) => slot,
+            Err(why) => {
+                refuse(&ctx, tcp, peer, why);
+                continue;
+            }
+        };
+        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
         tokio::spawn(async move {
             let mut tcp = tcp;
             match read_header(&mut tcp, pp.version, ctx.timeouts.handshake).await {
                 Ok(Inbound::Proxied { client, local }) => {
-                    start_session(&ctx, &table, tcp, canonical(client), local, &shutdown);
+                    start_session(&ctx, slot, tcp, canonical(client), local, &shutdown);
                 }
-                Ok(Inbound::Local) => start_session(&ctx, &table, tcp, peer, local, &shutdown),
+                Ok(Inbound::Local) => start_session(&ctx, slot, tcp, peer, local, &shutdown),
                 Err(e) => {
                     let reason = Rejection::ProxyInvalid;
                     metrics::connection_rejected(reason);
@@ -212,40 +261,37 @@ pub async fn serve(
     }
 }
 
-/// Admits the client (limits by its address) and runs its session, or
-/// turns it away with 421.
+/// Counts the client against its address's limit and runs its session,
+/// or turns it away with 421.
 fn start_session(
     ctx: &Arc<ListenerContext>,
-    table: &Arc<ConnectionTable>,
+    mut slot: ConnectionSlot,
     tcp: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
     shutdown: &watch::Receiver<bool>,
 ) {
-    match table.admit(
-        peer.ip(),
-        ctx.limits.max_connections,
-        ctx.limits.max_connections_per_ip,
-    ) {
-        Ok(slot) => {
-            let ctx = ctx.clone();
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                session::run(ctx, tcp, peer, local, shutdown).await;
-                drop(slot);
-            });
-        }
-        Err(why) => {
-            let r = match why {
-                Rejection::MaxConnectionsPerIp => reply::TOO_MANY_CONNECTIONS_FROM_IP,
-                _ => reply::TOO_MANY_CONNECTIONS,
-            };
-            metrics::connection_rejected(why);
-            warn!(%peer, listener = %ctx.address, reason = why.as_str(), "connection rejected");
-            let text = r.render(&ctx.hostname);
-            tokio::spawn(reject(tcp, text));
-        }
+    if let Err(why) = slot.assign(peer.ip(), &ctx.limits) {
+        drop(slot);
+        return refuse(ctx, tcp, peer, why);
     }
+    let ctx = ctx.clone();
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        session::run(ctx, tcp, peer, local, shutdown).await;
+        drop(slot);
+    });
+}
+
+/// `421` for a client over a connection limit, counted and logged.
+fn refuse(ctx: &ListenerContext, tcp: TcpStream, peer: SocketAddr, why: Rejection) {
+    let r = match why {
+        Rejection::MaxConnectionsPerIp => reply::TOO_MANY_CONNECTIONS_FROM_IP,
+        _ => reply::TOO_MANY_CONNECTIONS,
+    };
+    metrics::connection_rejected(why);
+    warn!(%peer, listener = %ctx.address, reason = why.as_str(), "connection rejected");
+    tokio::spawn(reject(tcp, r.render(&ctx.hostname)));
 }
 
 async fn reject(mut tcp: TcpStream, text: String) {
@@ -271,21 +317,60 @@ fn canonical(peer: SocketAddr) -> SocketAddr {
 mod tests {
     use super::*;
 
+    fn limits(total: u32, per_ip: u32) -> crate::config::Limits {
+        crate::config::Limits {
+            max_connections: total,
+            max_connections_per_ip: per_ip,
+            line_length: 4096,
+            max_errors: 10,
+            ipv6_prefix: 64,
+            bare_newline: crate::config::BareNewline::Normal,
+        }
+    }
+
     #[test]
     fn limits_hold_and_slots_release() {
         let t = Arc::new(ConnectionTable::default());
+        let l = limits(3, 2);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
-        let s1 = t.admit(a, 3, 2).unwrap();
-        let _s2 = t.admit(a, 3, 2).unwrap();
-        assert_eq!(
-            t.admit(a, 3, 2).unwrap_err(),
-            Rejection::MaxConnectionsPerIp
-        );
-        let _s3 = t.admit(b, 3, 2).unwrap();
-        assert_eq!(t.admit(b, 3, 2).unwrap_err(), Rejection::MaxConnections);
+        let s1 = t.admit(a, &l).unwrap();
+        let _s2 = t.admit(a, &l).unwrap();
+        assert_eq!(t.admit(a, &l).unwrap_err(), Rejection::MaxConnectionsPerIp);
+        assert_eq!(t.active(), 2, "a refused client holds no slot");
+        let _s3 = t.admit(b, &l).unwrap();
+        assert_eq!(t.admit(b, &l).unwrap_err(), Rejection::MaxConnections);
         drop(s1);
         assert_eq!(t.active(), 2);
-        assert!(t.admit(a, 3, 2).is_ok());
+        assert!(t.admit(a, &l).is_ok());
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_prefix() {
+        let t = Arc::new(ConnectionTable::default());
+        let l = limits(100, 2);
+        let _a = t.admit("2001:db8:1:2::1".parse().unwrap(), &l).unwrap();
+        let _b = t
+            .admit("2001:db8:1:2:ffff::9".parse().unwrap(), &l)
+            .unwrap();
+        assert_eq!(
+            t.admit("2001:db8:1:2::77".parse().unwrap(), &l)
+                .unwrap_err(),
+            Rejection::MaxConnectionsPerIp
+        );
+        assert!(t.admit("2001:db8:1:3::1".parse().unwrap(), &l).is_ok());
+    }
+
+    #[test]
+    fn unknown_clients_count_towards_the_total() {
+        let t = Arc::new(ConnectionTable::default());
+        let _p1 = t.admit_unknown(2).unwrap();
+        let _p2 = t.admit_unknown(2).unwrap();
+        assert_eq!(t.admit_unknown(2).unwrap_err(), Rejection::MaxConnections);
+        assert_eq!(
+            t.admit("192.0.2.1".parse().unwrap(), &limits(2, 5))
+                .unwrap_err(),
+            Rejection::MaxConnections
+        );
     }
 }
