@@ -282,3 +282,96 @@ fn sigterm_mid_handshake_gives_421_inside_tls() {
     let _ = stream.flush();
     wait_for("proxy exit", TIMEOUT, || (!proxy.alive()).then_some(()));
 }
+
+/// `bare_newline = "strict"`: a command line ending in a bare LF gets
+/// 521 and a close, before TLS and after; "normal" takes it (as Postfix).
+#[test]
+fn strict_refuses_bare_lf_in_commands_before_and_after_tls() {
+    let strict = ProxyConfig::sink().append("\n[limits]\nbare_newline = \"strict\"\n");
+    let proxy = Proxy::start(strict);
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("220");
+    c.send_raw(b"NOOP\n");
+    assert_eq!(
+        c.reply(),
+        "521 5.5.2 mx1.example.test Error: bare <LF> received\r\n"
+    );
+    assert!(c.closed());
+    let mut c = tls_session(&proxy);
+    c.cmd("EHLO client.test", "250");
+    c.send_raw(b"RSET\n");
+    assert_eq!(
+        c.reply(),
+        "521 5.5.2 mx1.example.test Error: bare <LF> received\r\n"
+    );
+    assert!(c.closed());
+
+    let normal = Proxy::start(ProxyConfig::sink());
+    let mut c = Smtp::connect(normal.addr());
+    c.expect("220");
+    c.send_raw(b"NOOP\n");
+    c.expect("250");
+}
+
+/// The session line names the HELO said last (inside TLS) and, when it
+/// differs, the one said before STARTTLS.
+#[test]
+fn the_session_log_names_the_helo_said_inside_tls() {
+    let proxy = Proxy::start(ProxyConfig::sink());
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("220");
+    c.cmd("EHLO before.client.test", "250");
+    c.cmd("STARTTLS", "220");
+    let mut c = c
+        .start_tls(Some("mx1.example.test"), "mx1.example.test")
+        .unwrap();
+    c.cmd("EHLO after.client.test", "250");
+    c.cmd("QUIT", "221");
+    let log = proxy.wait_log("session", 1);
+    assert_eq!(log["helo"], "after.client.test");
+    assert_eq!(log["helo_pre_tls"], "before.client.test");
+
+    let mut c = tls_session(&proxy);
+    c.cmd("EHLO client.test", "250");
+    c.cmd("QUIT", "221");
+    let log = &proxy.logs_with("session")[1];
+    assert_eq!(log["helo"], "client.test");
+    assert!(log.get("helo_pre_tls").is_none(), "{log}");
+}
+
+/// Bytes pipelined after STARTTLS are discarded and counted; a 421
+/// greeting while every backend is down is counted as a rejection.
+#[test]
+fn starttls_injection_and_backend_down_greetings_are_counted() {
+    let b = FakeBackend::start(FakeBehaviour::Normal);
+    let servers = format!("servers = [\"{}\"]", b.addr);
+    let proxy = Proxy::start(
+        ProxyConfig::servers(&[b.addr])
+            .replace(&servers, &format!("{servers}\nhealth_interval = \"1s\""))
+            .append("\n[metrics]\nlisten = \"127.0.0.1:0\"\n"),
+    );
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("220");
+    c.cmd("EHLO client.test", "250");
+    c.send_raw(b"STARTTLS\r\nMAIL FROM:<injected@attacker.test>\r\n");
+    c.expect("220 2.0.0");
+    let mut c = c
+        .start_tls(Some("mx1.example.test"), "mx1.example.test")
+        .unwrap();
+    c.cmd("EHLO client.test", "250");
+    c.cmd("QUIT", "221");
+    let series = format!(
+        "starttls_proxy_starttls_injection_total{{listener=\"{}\"}}",
+        proxy.addr()
+    );
+    assert_eq!(proxy.metric(&series), Some(1.0));
+    assert!(!b.transcript().contains("injected"), "{}", b.transcript());
+
+    b.stop();
+    wait_for("the 421 greeting", TIMEOUT, || {
+        let mut c = Smtp::connect(proxy.addr());
+        c.reply().starts_with("421 4.4.1").then_some(())
+    });
+    let rejected = "starttls_proxy_connections_rejected_total{reason=\"backend_down\"}";
+    assert!(proxy.metric(rejected).unwrap_or(0.0) >= 1.0);
+}

@@ -91,8 +91,9 @@ impl Sink {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
+        // Zero-padded microseconds: names sort in delivery order.
         format!(
-            "{}.{}_{}_{}.{}",
+            "{}.{:06}_{}_{}.{}",
             now.as_secs(),
             now.subsec_micros(),
             std::process::id(),
