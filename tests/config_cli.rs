@@ -187,3 +187,57 @@ fn unbindable_metrics_endpoint_fails_start_and_log_format_flag_wins() {
         .unwrap_or_else(|| panic!("no JSON log line: {stderr}"));
     assert_eq!(logged["address"], taken);
 }
+
+#[test]
+fn log_format_is_an_option_of_run_only() {
+    let out = run_bin(&["check", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    assert!(help.contains("--json"), "not check's help: {help}");
+    assert!(
+        !help.contains("--log-format"),
+        "check offers --log-format:\n{help}"
+    );
+    for args in [&["run", "--help"][..], &["--help"]] {
+        let out = run_bin(args);
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("--log-format"), "{args:?}:\n{help}");
+    }
+    // Given to `check` anyway (before the subcommand name): refused, not ignored.
+    let dir = tempdir();
+    let path = write_config(&dir, &ProxyConfig::sink().text);
+    let out = run_bin(&["--log-format", "json", "check", "--config", &path]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--log-format applies to `run` only"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn log_format_works_with_run_implied_or_named_first() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap().to_string();
+    let dir = tempdir();
+    let config = ProxyConfig::sink()
+        .replace("format = \"json\"", "format = \"text\"")
+        .replace("127.0.0.1:0", &taken);
+    let path = write_config(&dir, &config.text);
+    for args in [
+        &["--log-format", "json", "--config", &path][..],
+        &["--log-format", "json", "run", "--config", &path],
+    ] {
+        let out = run_bin(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.contains("cannot bind listener"))
+            .unwrap_or_else(|| panic!("{args:?}: no log line: {stderr}"));
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "{args:?}: not JSON: {line}"
+        );
+    }
+}
