@@ -223,7 +223,17 @@ fn prepare_backends(config: &Config) -> Result<Vec<Arc<Backend>>, Exit> {
             Ok(b) => backends.push(Arc::new(b)),
             Err(e) => {
                 error!(backend = %b.name, error = %e, "cannot prepare backend");
-                eprintln!("{}: backend {:?}: {e}", config.path.display(), b.name);
+                let relative = match &b.target {
+                    crate::config::BackendTarget::Sink(dir) => {
+                        crate::config::relative_note(dir).unwrap_or_default()
+                    }
+                    crate::config::BackendTarget::Servers(_) => String::new(),
+                };
+                eprintln!(
+                    "{}: backend {:?}: {e}{relative}",
+                    config.path.display(),
+                    b.name
+                );
                 return Err(Exit);
             }
         }
