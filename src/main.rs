@@ -1,12 +1,15 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use starttls_proxy::cli::{Cli, Cmd, check, run};
+use starttls_proxy::cli::{Cli, Command, check, run};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        None | Some(Cmd::Run) => run::main(&cli.config, cli.log_format),
-        Some(Cmd::Check { json }) => check::main(&cli.config, json),
+    let (config, command) = match Cli::parse().resolve() {
+        Ok(x) => x,
+        Err(e) => e.exit(),
+    };
+    match command {
+        Command::Run(args) => run::main(&config, args.log_format),
+        Command::Check { json } => check::main(&config, json),
     }
 }

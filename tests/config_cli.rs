@@ -187,3 +187,138 @@ fn unbindable_metrics_endpoint_fails_start_and_log_format_flag_wins() {
         .unwrap_or_else(|| panic!("no JSON log line: {stderr}"));
     assert_eq!(logged["address"], taken);
 }
+
+#[test]
+fn log_format_is_an_option_of_run_only() {
+    let out = run_bin(&["check", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    assert!(help.contains("--json"), "not check's help: {help}");
+    assert!(
+        !help.contains("--log-format"),
+        "check offers --log-format:\n{help}"
+    );
+    for args in [&["run", "--help"][..], &["--help"]] {
+        let out = run_bin(args);
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("--log-format"), "{args:?}:\n{help}");
+    }
+    // Given to `check` anyway (before the subcommand name): refused, not ignored.
+    let dir = tempdir();
+    let path = write_config(&dir, &ProxyConfig::sink().text);
+    let out = run_bin(&["--log-format", "json", "check", "--config", &path]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--log-format applies to `run` only"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn log_format_works_with_run_implied_or_named_first() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap().to_string();
+    let dir = tempdir();
+    let config = ProxyConfig::sink()
+        .replace("format = \"json\"", "format = \"text\"")
+        .replace("127.0.0.1:0", &taken);
+    let path = write_config(&dir, &config.text);
+    for args in [
+        &["--log-format", "json", "--config", &path][..],
+        &["--log-format", "json", "run", "--config", &path],
+    ] {
+        let out = run_bin(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.contains("cannot bind listener"))
+            .unwrap_or_else(|| panic!("{args:?}: no log line: {stderr}"));
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "{args:?}: not JSON: {line}"
+        );
+    }
+}
+
+/// Runs the binary with `args` from the directory `cwd`.
+fn run_bin_in(cwd: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin())
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn missing_relative_path_says_it_is_relative_to_the_working_directory() {
+    let dir = tempdir();
+    let cwd = tempdir();
+    let cwd_path = std::fs::canonicalize(cwd.path()).unwrap();
+    // The key is beside the config file, the chain nowhere.
+    std::fs::create_dir(dir.path().join("keys")).unwrap();
+    std::fs::copy(
+        certs().join("mx.tenant2.test/privkey.pem"),
+        dir.path().join("keys/tenant2.pem"),
+    )
+    .unwrap();
+    let config = ProxyConfig::sink()
+        .replace("{certs}/mx.tenant2.test/privkey.pem", "keys/tenant2.pem")
+        .replace("{certs}/wild.test/fullchain.pem", "certs/wild.pem");
+    let path = write_config(&dir, &config.text);
+    let key_line = line_of(&config, "keys/tenant2.pem");
+    let chain_line = line_of(&config, "certs/wild.pem");
+    for sub in ["run", "check"] {
+        let out = run_bin_in(&cwd_path, &[sub, "--config", &path]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{sub}: {stderr}");
+        let relative = format!(
+            "(relative to the working directory {}, not to the config file's directory",
+            cwd_path.display()
+        );
+        let key = format!(
+            "{path}:{key_line}:7: certificate[2].key: cannot read keys/tenant2.pem: No such file or directory (os error 2) {relative}: did you mean {}?)",
+            dir.path().join("keys/tenant2.pem").display()
+        );
+        let chain = format!(
+            "{path}:{chain_line}:9: certificate[3].chain: cannot read certs/wild.pem: No such file or directory (os error 2) {relative}: use an absolute path)"
+        );
+        assert!(
+            stderr.contains(&key),
+            "{sub}: expected {key:?} in:\n{stderr}"
+        );
+        assert!(
+            stderr.contains(&chain),
+            "{sub}: expected {chain:?} in:\n{stderr}"
+        );
+    }
+    // The same relative path from the directory it is relative to loads.
+    let out = run_bin_in(dir.path(), &["check", "--config", &path]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("keys/tenant2.pem"), "{stderr}");
+}
+
+#[test]
+fn relative_sink_that_cannot_be_created_says_what_it_is_relative_to() {
+    let dir = tempdir();
+    let cwd = tempdir();
+    let cwd_path = std::fs::canonicalize(cwd.path()).unwrap();
+    // A file where the Maildir's directory should go.
+    std::fs::write(cwd_path.join("mail"), "not a directory").unwrap();
+    let config = ProxyConfig::sink().replace("{dir}/mail", "mail");
+    let path = write_config(&dir, &config.text);
+    let out = run_bin_in(&cwd_path, &["run", "--config", &path]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let want = format!(
+        "(relative to the working directory {}, not to the config file's directory: use an absolute path)",
+        cwd_path.display()
+    );
+    assert!(
+        stderr.contains("backend \"b\": sink Maildir mail/tmp"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&want), "expected {want:?} in:\n{stderr}");
+}

@@ -5,7 +5,7 @@ pub mod run;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -17,17 +17,26 @@ pub struct Cli {
     /// Config file.
     #[arg(long, short = 'c', global = true, default_value = crate::config::DEFAULT_PATH)]
     pub config: PathBuf,
-    /// Log format for `run`, overriding `[log] format`.
-    #[arg(long, global = true, value_enum)]
-    pub log_format: Option<crate::config::LogFormat>,
+    /// `run` is the default command: its options are accepted without it.
+    /// Not global, so `check --help` does not offer them.
+    #[command(flatten)]
+    pub run: RunArgs,
     #[command(subcommand)]
     pub command: Option<Cmd>,
+}
+
+/// Options of `run`.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct RunArgs {
+    /// Log format, overriding `[log] format`.
+    #[arg(long, value_enum)]
+    pub log_format: Option<crate::config::LogFormat>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Run the proxy (the default).
-    Run,
+    Run(RunArgs),
     /// Validate the config and every certificate as `run` would, print a
     /// report, exit non-zero on errors.
     Check {
@@ -35,4 +44,35 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+impl Cli {
+    /// The command to run, with `run`'s options merged from before and
+    /// after the subcommand name; an error when `run`'s options are given
+    /// to another command (`--log-format json check`).
+    pub fn resolve(self) -> Result<(PathBuf, Command), clap::Error> {
+        let command = match self.command {
+            None => Command::Run(self.run),
+            Some(Cmd::Run(args)) => Command::Run(RunArgs {
+                log_format: args.log_format.or(self.run.log_format),
+            }),
+            Some(Cmd::Check { json }) => {
+                if self.run.log_format.is_some() {
+                    return Err(<Self as clap::CommandFactory>::command().error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        "--log-format applies to `run` only, not to `check`",
+                    ));
+                }
+                Command::Check { json }
+            }
+        };
+        Ok((self.config, command))
+    }
+}
+
+/// What `main` dispatches on.
+#[derive(Debug)]
+pub enum Command {
+    Run(RunArgs),
+    Check { json: bool },
 }

@@ -1,10 +1,22 @@
 //! `starttls-proxy run`: load, bind, serve until SIGTERM/SIGINT.
+//!
+//! Start-up order: load and check everything (config, certificates,
+//! backends), then bind every socket, and only then start what runs in the
+//! background (certificate reloader, health probes, metrics server, SIGHUP
+//! forwarding). A port in use therefore ends the process before any task
+//! exists that the runtime's shutdown could catch mid-step (the reloader's
+//! first reload runs in `block_in_place` and panics if it resumes into a
+//! runtime that is going away). On the way out, every background task is
+//! cancelled and awaited before the runtime is dropped, for the same reason.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{error, info, warn};
 
 use crate::backend::Backend;
@@ -14,15 +26,20 @@ use crate::listener::{self, ConnectionTable};
 use crate::session::ListenerContext;
 use crate::telemetry;
 use crate::telemetry::http::Readiness;
-use crate::tls::reload::{self, Reloader, forward_hangups};
+use crate::tls::reload::{self, ReloadRequest, Reloader};
+use crate::tls::validate::TrustAnchors;
 use crate::tls::{CertStore, TlsTerminator};
+
+/// Exit code for anything wrong in the config or the environment it names
+/// (bad file, certificate, port in use): the same as `check`'s errors.
+const EXIT_CONFIG: u8 = 2;
 
 pub fn main(path: &std::path::Path, log_format: Option<crate::config::LogFormat>) -> ExitCode {
     let mut config = match Config::load(path) {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{errors}");
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
     if let Some(f) = log_format {
@@ -39,137 +56,69 @@ pub fn main(path: &std::path::Path, log_format: Option<crate::config::LogFormat>
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(run(config))
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Exit) => ExitCode::from(EXIT_CONFIG),
+    }
 }
 
-async fn run(config: Config) -> ExitCode {
-    // First thing: a SIGHUP during start-up (systemctl reload right after
-    // start) is queued for the reloader instead of killing the process.
-    let reload_channel = reload::channel();
-    forward_hangups(reload_channel.0.clone());
-    let loaded = CertStore::load_anchors(&config).and_then(|anchors| {
-        let store = CertStore::load(&config, &anchors)?;
-        Ok((anchors, store))
-    });
-    let (anchors, store) = match loaded {
-        Ok(x) => x,
-        Err(errors) => {
-            eprintln!("{errors}");
-            return ExitCode::from(2);
-        }
+/// Start-up failed; the reason has been printed (stderr and log).
+struct Exit;
+
+async fn run(config: Config) -> Result<(), Exit> {
+    // The SIGHUP handler is installed first, so that a `systemctl reload`
+    // right after start is queued instead of killing the process; nothing
+    // reads it (no task) until the reloader starts.
+    let hangups = install_hangup_handler();
+    let (anchors, tls) = load_tls(&config)?;
+    let backends = prepare_backends(&config)?;
+    let metrics = match config.metrics {
+        Some(_) => Some(install_metrics()?),
+        None => None,
     };
-    for c in store.certificates() {
-        info!(
-            certificate = %c.name,
-            names = %c.names.join(","),
-            algorithm = c.algorithm.as_str(),
-            serial = %c.serial,
-            not_after = %crate::tls::load::fmt_time(c.not_after),
-            "certificate loaded"
-        );
-        for w in &c.warnings {
-            warn!(certificate = %c.name, "{w}");
-        }
-    }
-    let tls = match TlsTerminator::new(store, config.tls.min_version, config.tls.session_tickets) {
-        Ok(t) => t,
-        Err(e) => {
-            error!(error = %e, "cannot build the TLS configuration");
-            return ExitCode::from(2);
-        }
-    };
-    // The endpoint is bound before anything is served: a port in use stops
-    // start-up like a listener's would.
+    let sockets = bind_all(&config).await?;
+
+    let config = Arc::new(config);
     let readiness = Arc::new(Readiness::default());
-    if let Some(address) = config.metrics {
-        let handle = match telemetry::metrics::install() {
-            Ok(h) => h,
-            Err(e) => {
-                error!(error = %e, "cannot install the metrics recorder");
-                return ExitCode::from(2);
-            }
-        };
-        let socket = match telemetry::http::bind(address).await {
-            Ok(s) => s,
-            Err(e) => {
-                error!(%address, error = %e, "cannot bind the metrics endpoint");
-                eprintln!(
-                    "{}: metrics.listen: cannot bind {address}: {e}",
-                    config.path.display()
-                );
-                return ExitCode::from(2);
-            }
-        };
-        tokio::spawn(telemetry::http::serve(socket, handle, readiness.clone()));
+    let mut background = Background::default();
+    if let (Some(handle), Some(socket)) = (metrics, sockets.metrics) {
+        background.spawn(telemetry::http::serve(socket, handle, readiness.clone()));
     }
     for c in tls.store().certificates() {
         telemetry::metrics::certificate_not_after(&c.name, c.not_after);
     }
-    let config = Arc::new(config);
-    let reloader = Reloader::new(config.clone(), tls.clone(), anchors, reload_channel);
-    let task = tokio::spawn(reloader.run());
-    tokio::spawn(async move {
-        if let Err(e) = task.await {
-            error!(error = %e, "the certificate reload task died: certificates no longer reload; restart the proxy");
-        }
-    });
-
-    let dns = if config
-        .backends
-        .iter()
-        .any(|b| b.identity == crate::config::Identity::Xclient)
-    {
-        match Dns::new(config.dns_servers.as_deref()) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                error!(error = %e, "cannot set up DNS for the XCLIENT NAME lookup");
-                eprintln!(
-                    "{}: dns: cannot set up the resolver: {e}",
-                    config.path.display()
-                );
-                return ExitCode::from(2);
-            }
-        }
-    } else {
-        None
-    };
-    let mut backends = Vec::new();
-    for b in &config.backends {
-        let dns = (b.identity == crate::config::Identity::Xclient)
-            .then(|| dns.clone())
-            .flatten();
-        match Backend::new(b, &config.hostname, config.timeouts.backend_connect, dns) {
-            Ok(b) => backends.push(Arc::new(b)),
-            Err(e) => {
-                error!(backend = %b.name, error = %e, "cannot prepare backend");
-                eprintln!("{}: backend {:?}: {e}", config.path.display(), b.name);
-                return ExitCode::from(2);
-            }
-        }
+    let channel = reload::channel();
+    if let Some(hup) = hangups {
+        background.spawn(forward_hangups(hup, channel.0.clone()));
     }
-
+    let reloader = Reloader::new(config.clone(), tls.clone(), anchors, channel);
+    background.spawn_reporting_panic(
+        reloader.run(),
+        "the certificate reload task died: certificates no longer reload; restart the proxy",
+    );
     for b in &backends {
-        tokio::spawn(b.clone().probe_loop());
+        background.spawn(b.clone().probe_loop());
     }
     readiness.set_backends(backends.clone());
 
+    serve(&config, sockets.listeners, &backends, &tls, &readiness).await;
+    background.stop().await;
+    info!("stopped");
+    Ok(())
+}
+
+/// Serves on the bound listeners until SIGTERM/SIGINT, then drains.
+async fn serve(
+    config: &Config,
+    listeners: Vec<(TcpListener, SocketAddr)>,
+    backends: &[Arc<Backend>],
+    tls: &TlsTerminator,
+    readiness: &Readiness,
+) {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let table = Arc::new(ConnectionTable::new(config.limits.max_connections));
     let mut tasks = Vec::new();
-    for (i, l) in config.listeners.iter().enumerate() {
-        let socket = match TcpListener::bind(l.address).await {
-            Ok(s) => s,
-            Err(e) => {
-                error!(address = %l.address, error = %e, "cannot bind listener");
-                eprintln!(
-                    "{}: listener[{i}].address: cannot bind {}: {e}",
-                    config.path.display(),
-                    l.address
-                );
-                return ExitCode::from(2);
-            }
-        };
-        let bound = socket.local_addr().unwrap_or(l.address);
+    for ((socket, bound), l) in listeners.into_iter().zip(&config.listeners) {
         info!(address = %bound, mode = l.mode.as_str(), tls = l.tls.as_str(), backend = %backends[l.backend].name, "listener bound");
         let ctx = Arc::new(ListenerContext {
             hostname: config.hostname.clone(),
@@ -212,6 +161,218 @@ async fn run(config: Config) -> ExitCode {
             "shutdown grace over, closing the remaining sessions"
         );
     }
-    info!("stopped");
-    ExitCode::SUCCESS
+}
+
+// === start-up steps ===
+
+/// Trust anchors, every certificate, and the TLS configuration built on them.
+fn load_tls(config: &Config) -> Result<(TrustAnchors, TlsTerminator), Exit> {
+    let loaded = CertStore::load_anchors(config).and_then(|anchors| {
+        let store = CertStore::load(config, &anchors)?;
+        Ok((anchors, store))
+    });
+    let (anchors, store) = loaded.map_err(|errors| {
+        eprintln!("{errors}");
+        Exit
+    })?;
+    for c in store.certificates() {
+        info!(
+            certificate = %c.name,
+            names = %c.names.join(","),
+            algorithm = c.algorithm.as_str(),
+            serial = %c.serial,
+            not_after = %crate::tls::load::fmt_time(c.not_after),
+            "certificate loaded"
+        );
+        for w in &c.warnings {
+            warn!(certificate = %c.name, "{w}");
+        }
+    }
+    match TlsTerminator::new(store, config.tls.min_version, config.tls.session_tickets) {
+        Ok(t) => Ok((anchors, t)),
+        Err(e) => {
+            error!(error = %e, "cannot build the TLS configuration");
+            Err(Exit)
+        }
+    }
+}
+
+/// Every backend, ready to connect (the sink's Maildir created); nothing
+/// is started.
+fn prepare_backends(config: &Config) -> Result<Vec<Arc<Backend>>, Exit> {
+    let xclient = |b: &crate::config::BackendConfig| b.identity == crate::config::Identity::Xclient;
+    let dns = if config.backends.iter().any(xclient) {
+        match Dns::new(config.dns_servers.as_deref()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                error!(error = %e, "cannot set up DNS for the XCLIENT NAME lookup");
+                eprintln!(
+                    "{}: dns: cannot set up the resolver: {e}",
+                    config.path.display()
+                );
+                return Err(Exit);
+            }
+        }
+    } else {
+        None
+    };
+    let mut backends = Vec::new();
+    for b in &config.backends {
+        let dns = xclient(b).then(|| dns.clone()).flatten();
+        match Backend::new(b, &config.hostname, config.timeouts.backend_connect, dns) {
+            Ok(b) => backends.push(Arc::new(b)),
+            Err(e) => {
+                error!(backend = %b.name, error = %e, "cannot prepare backend");
+                let relative = match &b.target {
+                    crate::config::BackendTarget::Sink(dir) => {
+                        crate::config::relative_note(dir).unwrap_or_default()
+                    }
+                    crate::config::BackendTarget::Servers(_) => String::new(),
+                };
+                eprintln!(
+                    "{}: backend {:?}: {e}{relative}",
+                    config.path.display(),
+                    b.name
+                );
+                return Err(Exit);
+            }
+        }
+    }
+    Ok(backends)
+}
+
+fn install_metrics() -> Result<metrics_exporter_prometheus::PrometheusHandle, Exit> {
+    telemetry::metrics::install().map_err(|e| {
+        error!(error = %e, "cannot install the metrics recorder");
+        Exit
+    })
+}
+
+/// Every socket the proxy serves on, bound and not yet served.
+struct Sockets {
+    /// In `config.listeners` order, with the address actually bound.
+    listeners: Vec<(TcpListener, SocketAddr)>,
+    metrics: Option<TcpListener>,
+}
+
+/// Binds every listener and the metrics endpoint; reports every address
+/// that cannot be bound (naming its config key), not only the first.
+async fn bind_all(config: &Config) -> Result<Sockets, Exit> {
+    let mut failed = false;
+    let mut listeners = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        match TcpListener::bind(l.address).await {
+            Ok(s) => {
+                let bound = s.local_addr().unwrap_or(l.address);
+                listeners.push((s, bound));
+            }
+            Err(e) => {
+                error!(address = %l.address, error = %e, "cannot bind listener");
+                eprintln!(
+                    "{}: listener[{i}].address: cannot bind {}: {e}",
+                    config.path.display(),
+                    l.address
+                );
+                failed = true;
+            }
+        }
+    }
+    let mut metrics = None;
+    if let Some(address) = config.metrics {
+        match telemetry::http::bind(address).await {
+            Ok(s) => metrics = Some(s),
+            Err(e) => {
+                error!(%address, error = %e, "cannot bind the metrics endpoint");
+                eprintln!(
+                    "{}: metrics.listen: cannot bind {address}: {e}",
+                    config.path.display()
+                );
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        return Err(Exit);
+    }
+    Ok(Sockets { listeners, metrics })
+}
+
+#[cfg(unix)]
+type Hangups = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangups = ();
+
+/// Installs the SIGHUP handler; signals arriving before
+/// [`forward_hangups`] runs are kept.
+fn install_hangup_handler() -> Option<Hangups> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(error = %e, "cannot install the SIGHUP handler: SIGHUP will stop the proxy");
+                None
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// Turns each SIGHUP into a config and certificate reload request.
+async fn forward_hangups(mut hup: Hangups, tx: mpsc::Sender<ReloadRequest>) {
+    #[cfg(unix)]
+    while hup.recv().await.is_some() {
+        if tx.send(ReloadRequest::Hangup).await.is_err() {
+            return;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (hup, tx);
+}
+
+// === impl Background ===
+
+/// The tasks that run beside the listeners. [`Background::stop`] cancels
+/// and awaits every one, so none is still running (or resuming from
+/// `block_in_place`) when the runtime shuts down.
+#[derive(Default)]
+struct Background {
+    aborts: Vec<AbortHandle>,
+    joins: Vec<JoinHandle<()>>,
+}
+
+impl Background {
+    fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        let handle = tokio::spawn(task);
+        self.aborts.push(handle.abort_handle());
+        self.joins.push(handle);
+    }
+
+    /// Like `spawn`, and logs `message` if the task panics while running.
+    fn spawn_reporting_panic(
+        &mut self,
+        task: impl Future<Output = ()> + Send + 'static,
+        message: &'static str,
+    ) {
+        let inner = tokio::spawn(task);
+        self.aborts.push(inner.abort_handle());
+        self.spawn(async move {
+            if let Err(e) = inner.await {
+                if e.is_panic() {
+                    error!(error = %e, "{message}");
+                }
+            }
+        });
+    }
+
+    async fn stop(self) {
+        for a in &self.aborts {
+            a.abort();
+        }
+        for j in self.joins {
+            let _ = j.await;
+        }
+    }
 }

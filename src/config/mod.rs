@@ -156,7 +156,13 @@ impl Config {
                 format!("cannot read config file: {e}"),
             )
         })?;
-        Self::parse(path, &source)
+        let config = Self::parse(path, &source)?;
+        let errors = relative_path_errors(&config);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
     }
 
     /// Parses `source` as if read from `path`.
@@ -562,6 +568,62 @@ impl Checker<'_> {
             expiry_warning: t.expiry_warning.map_or(DEFAULT_EXPIRY_WARNING, |w| w.0),
         })
     }
+}
+
+/// Relative paths are taken as they are, i.e. relative to the proxy's
+/// working directory (not to the config file's directory). For such a path
+/// that cannot be opened, the error says so at the key, before any loader
+/// reports a bare "No such file" that leaves the reader guessing.
+fn relative_path_errors(config: &Config) -> Vec<ConfigError> {
+    let mut paths: Vec<(&Path, Location, String)> = Vec::new();
+    if let Some(p) = &config.tls.trust_anchors {
+        paths.push((p, config.tls.trust_anchors_at, "tls.trust_anchors".into()));
+    }
+    for c in &config.certificates {
+        paths.push((&c.chain, c.chain_at, format!("{}.chain", c.key_path)));
+        paths.push((&c.key, c.key_at, format!("{}.key", c.key_path)));
+    }
+    paths
+        .into_iter()
+        .filter(|(p, ..)| p.is_relative())
+        .filter_map(|(p, at, key)| {
+            let e = std::fs::File::open(p).err()?;
+            let note = relative_note_for(p, &config.path)?;
+            let message = format!("cannot read {}: {e}{note}", p.display());
+            Some(ConfigError::new(&config.path, at, key, message))
+        })
+        .collect()
+}
+
+/// For a relative `path`: what it is relative to, as a parenthesis to
+/// append to a message about it; `None` for an absolute path.
+pub fn relative_note(path: &Path) -> Option<String> {
+    relative_note_with(path, None)
+}
+
+/// [`relative_note`], with a hint when the path exists relative to the
+/// config file's directory (the likely intent).
+fn relative_note_for(path: &Path, config_file: &Path) -> Option<String> {
+    let beside = config_file
+        .parent()
+        .map(|d| d.join(path))
+        .filter(|b| b.exists());
+    relative_note_with(path, beside.as_deref())
+}
+
+fn relative_note_with(path: &Path, beside: Option<&Path>) -> Option<String> {
+    if path.is_absolute() {
+        return None;
+    }
+    let cwd = std::env::current_dir()
+        .map_or_else(|e| format!("(unknown: {e})"), |d| d.display().to_string());
+    let hint = beside.map_or_else(
+        || "use an absolute path".to_string(),
+        |b| format!("did you mean {}?", b.display()),
+    );
+    Some(format!(
+        " (relative to the working directory {cwd}, not to the config file's directory: {hint})"
+    ))
 }
 
 fn quoted_names(certs: &[CertificateConfig]) -> String {
