@@ -334,7 +334,8 @@ impl Forbid {
         }
     }
 
-    /// Fixed loopback ports (Postfix cannot bind port 0 and tell us).
+    /// Fixed loopback ports (Postfix cannot bind port 0 and tell us); no
+    /// other test binary uses them (see tests/load_postfix.rs for theirs).
     fn port(self) -> u16 {
         match self {
             Forbid::Yes => 14150,
@@ -511,6 +512,23 @@ fn attack_through_proxy(label: &str, proxy: &Proxy, store: Store, mode: Mode) {
                 "{what}: refused with 521, yet the backend holds {n} message(s) of it"
             ));
         }
+    }
+    if let (Store::Postfix(b), false) = (&store, refused_tags.is_empty()) {
+        // Postfix saw each refused transaction end without a terminator.
+        let log = b.dir.join("log/maillog");
+        wait_for(
+            &format!(
+                "{} lost connections after DATA in {}",
+                refused_tags.len(),
+                log.display()
+            ),
+            TIMEOUT,
+            || {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                (text.matches("lost connection after DATA").count() >= refused_tags.len())
+                    .then_some(())
+            },
+        );
     }
     for m in smuggled(&all, label) {
         failures.push(format!(
