@@ -151,11 +151,13 @@ fn payload(seq: &Sequence, tag: &str) -> Vec<u8> {
     p
 }
 
-/// Through the proxy (plaintext relay or after STARTTLS) or to a backend
-/// directly.
+/// How the attacker's session runs.
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Transport {
+    /// No TLS: to the proxy's opportunistic listener (MAIL before
+    /// STARTTLS makes it a plaintext relay), or to a backend directly.
     Plain,
+    /// Through the proxy after STARTTLS and a verified rustls handshake.
     StartTls,
 }
 
