@@ -13,6 +13,11 @@
 #   DISCARD=1             accept and queue, but discard instead of writing Maildir files
 #   PROCS=N               default_process_limit (default 100)
 #   XCLIENT_HOSTS=list    smtpd_authorized_xclient_hosts (default 127.0.0.0/8)
+#   FORBID_BARE_NEWLINE=yes|no
+#                         smtpd_forbid_bare_newline (Postfix >= 3.5.23/3.6.13/3.7.9/3.8.4,
+#                         the SMTP smuggling fix) with no exclusions, so loopback clients
+#                         are held to it too (the default exclusion is $mynetworks);
+#                         unset: Postfix's default (no)
 #
 # Delivery: one file per recipient in DIR/maildir/new/, starting with
 # Return-Path:, X-Original-To:, Delivered-To: <recipient>, then the backend's
@@ -37,6 +42,14 @@ start)
   [ $# -eq 3 ] || usage
   port=$3
   [[ $port =~ ^[0-9]+$ ]] && [ "$port" -ge 1 ] && [ "$port" -le 65535 ] || die "bad PORT '$port'"
+  case ${FORBID_BARE_NEWLINE:-} in
+    ""|yes|no) ;;
+    *) die "FORBID_BARE_NEWLINE must be yes or no, got '$FORBID_BARE_NEWLINE'" ;;
+  esac
+  if [ -n "${FORBID_BARE_NEWLINE:-}" ]; then
+    postconf -d smtpd_forbid_bare_newline >/dev/null 2>&1 \
+      || die "this Postfix ($(postconf -d -h mail_version)) has no smtpd_forbid_bare_newline (needs >= 3.5.23, 3.6.13, 3.7.9 or 3.8.4)"
+  fi
   if [ -n "${TLS_CERT:-}" ] || [ -n "${TLS_KEY:-}" ]; then
     [ -r "${TLS_CERT:-}" ] && [ -r "${TLS_KEY:-}" ] || die "TLS_CERT and TLS_KEY must both be readable files"
   fi
@@ -59,6 +72,10 @@ smtpd_client_connection_count_limit = 0
 smtpd_client_connection_rate_limit = 0
 default_process_limit = ${PROCS:-100}
 EOF
+  if [ -n "${FORBID_BARE_NEWLINE:-}" ]; then
+    postconf -c "$dir/etc" -e "smtpd_forbid_bare_newline = $FORBID_BARE_NEWLINE" \
+      "smtpd_forbid_bare_newline_exclusions ="
+  fi
   if [ "${DISCARD:-}" = 1 ]; then postconf -c "$dir/etc" -e virtual_transport=discard; fi
   if [ -n "${TLS_CERT:-}" ]; then
     postconf -c "$dir/etc" -e \
@@ -73,7 +90,7 @@ EOF
   for _ in $(seq 50); do pf_listening "$port" && break; sleep 0.1; done
   pf_listening "$port" || die "smtpd not listening on 127.0.0.1:$port; see $dir/log/maillog"
   echo "postfix-backend: started 127.0.0.1:$port pid=$(pf_pid "$dir") proxy=${PROXY:-0}" \
-       "tls=$tls discard=${DISCARD:-0}" \
+       "tls=$tls discard=${DISCARD:-0} forbid_bare_newline=${FORBID_BARE_NEWLINE:-default}" \
        "maildir=$dir/maildir/new log=$dir/log/maillog"
   ;;
 *) usage ;;

@@ -445,6 +445,42 @@ impl Smtp {
         self.expect(prefix)
     }
 
+    /// Every reply until the server closes the connection. A reset or a
+    /// TLS stream cut without close_notify also ends it (a server that
+    /// closes with our pipelined commands unread resets): the replies read
+    /// before are kept.
+    pub fn replies_until_close(&mut self) -> Vec<String> {
+        let mut replies = Vec::new();
+        let mut partial = String::new();
+        loop {
+            let mut line = String::new();
+            match self.r.read_line(&mut line) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::UnexpectedEof
+                            | std::io::ErrorKind::BrokenPipe
+                    ) =>
+                {
+                    break;
+                }
+                Err(e) => panic!("read failed: {e} (so far {replies:?} {partial:?})"),
+            }
+            partial.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] == b' ' || line.trim_end().len() == 3 {
+                replies.push(std::mem::take(&mut partial));
+            }
+        }
+        assert!(
+            partial.is_empty(),
+            "partial reply {partial:?} after {replies:?}"
+        );
+        replies
+    }
+
     /// True when the server has closed the connection (EOF, or a reset
     /// because our last command crossed its close) within the timeout.
     pub fn closed(&mut self) -> bool {
@@ -962,6 +998,12 @@ impl PostfixBackend {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
+    /// Every message delivered so far (files in the Maildir's new/), in
+    /// file-name order.
+    pub fn messages(&self) -> Vec<Vec<u8>> {
+        maildir_messages(&self.dir.join("maildir/new"))
+    }
+
     /// The delivered message containing `needle`, polling until it appears.
     pub fn delivered(&self, needle: &str) -> String {
         let dir = self.dir.join("maildir/new");
@@ -985,6 +1027,17 @@ impl Drop for PostfixBackend {
             .arg(&self.dir)
             .output();
     }
+}
+
+/// The raw files of a Maildir's `new/` (none when it does not exist yet).
+pub fn maildir_messages(new: &Path) -> Vec<Vec<u8>> {
+    let mut files: Vec<_> = std::fs::read_dir(new)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    // A file may go between listing and reading only if someone else
+    // moves it; nobody does here.
+    files.iter().filter_map(|p| std::fs::read(p).ok()).collect()
 }
 
 /// The strict Postfix sender: (exit code, output).
