@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 die() { echo "quickstart.sh: ERROR: $*" >&2; exit 1; }
-command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (rustup, Rust >= 1.85)"
+command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (rustup, Rust >= 1.88)"
 if ! command -v cc >/dev/null; then
   [ "$(id -u)" = 0 ] || die "no C compiler: run 'apt-get install gcc libc6-dev' as root"
   apt-get install -y -q --no-install-recommends gcc libc6-dev >/dev/null || die "could not install gcc"

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::proxy_protocol::{Inbound, read_header};
@@ -18,8 +19,6 @@ use crate::telemetry::metrics::{self, ActiveConnection, Rejection};
 #[derive(Debug)]
 pub struct ConnectionTable {
     inner: Mutex<Counts>,
-    /// Signalled whenever a connection ends (for the shutdown drain).
-    ended: Notify,
     /// At or above this many connections the proxy is under stress: idle
     /// and handshake timeouts shrink (like Postfix's stress mode)...
     stress_at: u32,
@@ -27,6 +26,8 @@ pub struct ConnectionTable {
     /// crowd hovers at the threshold).
     calm_at: u32,
     stress: watch::Sender<bool>,
+    /// Every task a connection runs on: shutdown waits for each.
+    tasks: TaskTracker,
 }
 
 impl Default for ConnectionTable {
@@ -60,11 +61,17 @@ impl ConnectionTable {
             .max(1);
         Self {
             inner: Mutex::default(),
-            ended: Notify::new(),
             stress_at,
             calm_at: max_connections / 2,
             stress: watch::Sender::new(false),
+            tasks: TaskTracker::new(),
         }
+    }
+
+    /// The connections' tasks: sessions, PROXY-header reads, rejections.
+    /// Shutdown closes it and waits, so no task is aborted unseen.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
     }
 
     /// Whether the proxy is under connection pressure now; the receiver
@@ -131,17 +138,6 @@ impl ConnectionTable {
     pub fn active(&self) -> u32 {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).total
     }
-
-    /// Waits until no connection is open.
-    pub async fn drained(&self) {
-        loop {
-            let notified = self.ended.notified();
-            if self.active() == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
 }
 
 impl ConnectionSlot {
@@ -188,7 +184,6 @@ impl Drop for ConnectionSlot {
             }
         }
         drop(c);
-        self.table.ended.notify_waiters();
     }
 }
 
@@ -222,7 +217,7 @@ pub async fn serve(
         let Some(pp) = ctx.proxy_protocol.clone() else {
             match table.admit_unknown(ctx.limits.max_connections) {
                 Ok(slot) => start_session(&ctx, slot, tcp, peer, local, &shutdown),
-                Err(why) => refuse(&ctx, tcp, peer, why),
+                Err(why) => refuse(&ctx, table.tasks(), tcp, peer, why),
             }
             continue;
         };
@@ -239,14 +234,19 @@ pub async fn serve(
         let slot = match table.admit_unknown(ctx.limits.max_connections) {
             Ok(slot) => slot,
             Err(why) => {
-                refuse(&ctx, tcp, peer, why);
+                refuse(&ctx, table.tasks(), tcp, peer, why);
                 continue;
             }
         };
-        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
-        tokio::spawn(async move {
+        let (ctx, mut shutdown) = (ctx.clone(), shutdown.clone());
+        table.tasks().spawn(async move {
             let mut tcp = tcp;
-            match read_header(&mut tcp, pp.version, ctx.timeouts.handshake).await {
+            let header = tokio::select! {
+                h = read_header(&mut tcp, pp.version, ctx.timeouts.handshake) => h,
+                // No greeting was sent yet: the balancer retries elsewhere.
+                _ = shutdown.wait_for(|stopping| *stopping) => return,
+            };
+            match header {
                 Ok(Inbound::Proxied { client, local }) => {
                     start_session(&ctx, slot, tcp, canonical(client), local, &shutdown);
                 }
@@ -271,27 +271,34 @@ fn start_session(
     local: SocketAddr,
     shutdown: &watch::Receiver<bool>,
 ) {
+    let tasks = slot.table.tasks.clone();
     if let Err(why) = slot.assign(peer.ip(), &ctx.limits) {
         drop(slot);
-        return refuse(ctx, tcp, peer, why);
+        return refuse(ctx, &tasks, tcp, peer, why);
     }
     let ctx = ctx.clone();
     let shutdown = shutdown.clone();
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         session::run(ctx, tcp, peer, local, shutdown).await;
         drop(slot);
     });
 }
 
 /// `421` for a client over a connection limit, counted and logged.
-fn refuse(ctx: &ListenerContext, tcp: TcpStream, peer: SocketAddr, why: Rejection) {
+fn refuse(
+    ctx: &ListenerContext,
+    tasks: &TaskTracker,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    why: Rejection,
+) {
     let r = match why {
         Rejection::MaxConnectionsPerIp => reply::TOO_MANY_CONNECTIONS_FROM_IP,
         _ => reply::TOO_MANY_CONNECTIONS,
     };
     metrics::connection_rejected(why);
     warn!(%peer, listener = %ctx.address, reason = why.as_str(), "connection rejected");
-    tokio::spawn(reject(tcp, r.render(&ctx.hostname)));
+    tasks.spawn(reject(tcp, r.render(&ctx.hostname)));
 }
 
 async fn reject(mut tcp: TcpStream, text: String) {

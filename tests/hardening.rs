@@ -334,7 +334,7 @@ fn the_session_log_names_the_helo_said_inside_tls() {
     let mut c = tls_session(&proxy);
     c.cmd("EHLO client.test", "250");
     c.cmd("QUIT", "221");
-    let log = &proxy.logs_with("session")[1];
+    let log = proxy.wait_log("session", 2);
     assert_eq!(log["helo"], "client.test");
     assert!(log.get("helo_pre_tls").is_none(), "{log}");
 }

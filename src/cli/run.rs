@@ -149,15 +149,20 @@ async fn serve(
     for t in tasks {
         let _ = t.await;
     }
-    // Sessions end at their next command boundary, or at the end of the
-    // grace with a 421; the margin lets those last replies go out.
+    // Every step of a session ends by itself at the latest when the grace
+    // is over (421 at the next command boundary, or at the grace for one
+    // mid-transaction, mid-handshake or mid-connect); the margin lets those
+    // last replies go out. Only a task still running after that is cut.
     let margin = std::time::Duration::from_secs(2);
-    if tokio::time::timeout(config.timeouts.shutdown_grace + margin, table.drained())
+    let tasks = table.tasks();
+    tasks.close();
+    if tokio::time::timeout(config.timeouts.shutdown_grace + margin, tasks.wait())
         .await
         .is_err()
     {
         warn!(
             active = table.active(),
+            tasks = tasks.len(),
             "shutdown grace over, closing the remaining sessions"
         );
     }
@@ -359,10 +364,10 @@ impl Background {
         let inner = tokio::spawn(task);
         self.aborts.push(inner.abort_handle());
         self.spawn(async move {
-            if let Err(e) = inner.await {
-                if e.is_panic() {
-                    error!(error = %e, "{message}");
-                }
+            if let Err(e) = inner.await
+                && e.is_panic()
+            {
+                error!(error = %e, "{message}");
             }
         });
     }

@@ -373,16 +373,16 @@ pub fn load_from_pem(
     // most common misordering (intermediate pasted above the leaf).
     if let Some(spki) = signing_key.public_key() {
         let spki = spki.as_ref();
-        if spkis.first().is_some_and(|s| s != spki) {
-            if let Some(k) = spkis.iter().position(|s| s == spki) {
-                return Err(CertError::Chain {
-                    path: c.chain.clone(),
-                    source: ChainError::LeafNotFirst {
-                        index: k,
-                        subject: parsed[k].subject.clone(),
-                    },
-                });
-            }
+        if spkis.first().is_some_and(|s| s != spki)
+            && let Some(k) = spkis.iter().position(|s| s == spki)
+        {
+            return Err(CertError::Chain {
+                path: c.chain.clone(),
+                source: ChainError::LeafNotFirst {
+                    index: k,
+                    subject: parsed[k].subject.clone(),
+                },
+            });
         }
     }
     // A self-signed certificate at the end of a longer chain is the root:

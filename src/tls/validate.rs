@@ -287,16 +287,16 @@ pub fn key_file_warnings(path: &Path, meta: &std::fs::Metadata) -> Vec<String> {
             path.display()
         ));
     }
-    if let Some(euid) = effective_uid() {
-        if meta.uid() != euid {
-            let user = user_name(euid).unwrap_or_else(|| euid.to_string());
-            out.push(format!(
+    if let Some(euid) = effective_uid()
+        && meta.uid() != euid
+    {
+        let user = user_name(euid).unwrap_or_else(|| euid.to_string());
+        out.push(format!(
                 "private key file {} is owned by uid {}, not by the user the proxy runs as ({user}, uid {euid}); fix: chown {user} {}",
                 path.display(),
                 meta.uid(),
                 path.display()
             ));
-        }
     }
     out
 }
