@@ -375,3 +375,39 @@ fn starttls_injection_and_backend_down_greetings_are_counted() {
     let rejected = "starttls_proxy_connections_rejected_total{reason=\"backend_down\"}";
     assert!(proxy.metric(rejected).unwrap_or(0.0) >= 1.0);
 }
+
+/// Connections from a trusted balancer that have not sent their PROXY
+/// header yet hold slots of max_connections: a balancer cannot open more.
+#[test]
+fn connections_still_sending_their_proxy_header_count_against_max_connections() {
+    let proxy = Proxy::start(
+        ProxyConfig::with(
+            "proxy_protocol = { version = 1, trusted = [\"127.0.0.0/8\"] }",
+            "sink = \"{dir}/mail\"",
+        )
+        .append("\n[limits]\nmax_connections = 2\n"),
+    );
+    let mut pending: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| std::net::TcpStream::connect(proxy.addr()).unwrap())
+        .collect();
+    // Both are counted once accepted: poll until a third is turned away.
+    let mut third = wait_for("the third connection to be refused", TIMEOUT, || {
+        let mut c =
+            Smtp::connect_proxied(proxy.addr(), "PROXY TCP4 198.51.100.3 192.0.2.25 40000 25");
+        let r = c.reply();
+        r.starts_with("421").then_some(r)
+    });
+    assert_eq!(
+        third,
+        "421 4.7.0 mx1.example.test Error: too many connections\r\n"
+    );
+    third.clear();
+    // A pending one that sends its header is served in its slot.
+    pending[0]
+        .write_all(b"PROXY TCP4 198.51.100.1 192.0.2.25 40000 25\r\n")
+        .unwrap();
+    let mut first = std::io::BufReader::new(pending.remove(0));
+    let mut greeting = String::new();
+    std::io::BufRead::read_line(&mut first, &mut greeting).unwrap();
+    assert!(greeting.starts_with("220 "), "{greeting}");
+}
