@@ -141,7 +141,7 @@ impl Backend {
         let (target, health) = match &config.target {
             BackendTarget::Servers(s) => (Target::Servers(s.clone()), Health::new(s)),
             BackendTarget::Sink(dir) => {
-                let sink = sink::Sink::open(dir, hostname)?;
+                let sink = sink::Sink::open(dir, hostname, config.sink_fsync)?;
                 // No probe for the sink: the pre-TLS EHLO offers what the
                 // sink's own EHLO does, as a probe would have seen it.
                 let health = Health::always_up();

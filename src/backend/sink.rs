@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::fs::File;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadHalf};
+use tokio::io::{
+    AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter, DuplexStream, ReadHalf,
+};
 use tracing::{debug, warn};
 
 use super::BackendConn;
@@ -20,6 +22,8 @@ use crate::smtp::reply::ReplyParser;
 
 /// Command lines longer than this are refused by the sink.
 const MAX_LINE: usize = 64 * 1024;
+/// Message content is gathered this much before a write to the file.
+const WRITE_BUFFER: usize = 64 * 1024;
 
 /// What the sink's EHLO reply offers after its name. The pre-TLS EHLO
 /// offers these too (through the same safe-set filter as a probed
@@ -38,11 +42,14 @@ pub struct Sink {
     dir: PathBuf,
     hostname: String,
     counter: AtomicU64,
+    /// fsync each message before its 250 (durable), or leave it to the
+    /// kernel (benchmarks, demos).
+    fsync: bool,
 }
 
 impl Sink {
     /// Creates `dir/{tmp,new,cur}` if needed.
-    pub fn open(dir: &Path, hostname: &str) -> std::io::Result<Self> {
+    pub fn open(dir: &Path, hostname: &str, fsync: bool) -> std::io::Result<Self> {
         for sub in ["tmp", "new", "cur"] {
             std::fs::create_dir_all(dir.join(sub)).map_err(|e| {
                 std::io::Error::new(
@@ -55,6 +62,7 @@ impl Sink {
             dir: dir.to_path_buf(),
             hostname: hostname.to_string(),
             counter: AtomicU64::new(0),
+            fsync,
         })
     }
 
@@ -215,7 +223,9 @@ impl Sink {
     async fn begin(&self, from: &str, rcpts: &[String]) -> std::io::Result<Delivery> {
         let name = self.unique_name();
         let tmp = self.dir.join("tmp").join(&name);
-        let mut file = File::create(&tmp).await?;
+        // Content arrives a line at a time; each write to a tokio File is a
+        // trip to the blocking pool, so they are gathered first.
+        let mut file = BufWriter::with_capacity(WRITE_BUFFER, File::create(&tmp).await?);
         let mut head = format!("Return-Path: <{from}>\r\n");
         for r in rcpts {
             head.push_str(&format!("Delivered-To: {r}\r\n"));
@@ -228,7 +238,9 @@ impl Sink {
     async fn finish(&self, mut d: Delivery) -> String {
         let stored = async {
             d.file.flush().await?;
-            d.file.sync_all().await?;
+            if self.fsync {
+                d.file.get_ref().sync_all().await?;
+            }
             tokio::fs::rename(&d.tmp, self.dir.join("new").join(&d.name)).await
         }
         .await;
@@ -245,7 +257,7 @@ impl Sink {
 
 /// A message being written to `tmp/`.
 struct Delivery {
-    file: File,
+    file: BufWriter<File>,
     tmp: PathBuf,
     name: String,
 }
@@ -276,7 +288,7 @@ async fn read_line(
 /// one bounded piece at a time. `false` if the stream ended first.
 async fn copy_dot_stuffed(
     r: &mut BufReader<ReadHalf<DuplexStream>>,
-    file: &mut File,
+    file: &mut BufWriter<File>,
 ) -> std::io::Result<bool> {
     let mut piece = Vec::with_capacity(8192);
     let mut at_line_start = true;
@@ -308,7 +320,7 @@ mod tests {
     #[test]
     fn the_pre_tls_ehlo_offers_what_the_sink_accepts() {
         let dir = tempfile::tempdir().unwrap();
-        let sink = Sink::open(dir.path(), "mx.test").unwrap();
+        let sink = Sink::open(dir.path(), "mx.test", true).unwrap();
         assert_eq!(
             sink.ehlo_reply(),
             "250-mx.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250 DSN\r\n"

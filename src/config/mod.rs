@@ -86,6 +86,8 @@ pub struct BackendConfig {
     pub received_header: bool,
     /// Health probe period (connect + EHLO to every server).
     pub health_interval: Duration,
+    /// The sink fsyncs every message before answering 250.
+    pub sink_fsync: bool,
 }
 
 /// Every server is probed this often unless `health_interval` says otherwise.
@@ -400,9 +402,26 @@ impl Checker<'_> {
                 identity,
                 received_header: b.received_header.as_ref().is_some_and(|r| *r.get_ref()),
                 health_interval,
+                sink_fsync: self.sink_fsync(b, &key),
             });
         }
         out
+    }
+
+    /// `sink_fsync`: only with `sink`; true unless turned off.
+    fn sink_fsync(&mut self, b: &raw::RawBackend, key: &str) -> bool {
+        match (&b.sink_fsync, &b.sink) {
+            (Some(f), None) => {
+                self.error(
+                    f,
+                    format!("{key}.sink_fsync"),
+                    "only a `sink` backend has it",
+                );
+                true
+            }
+            (Some(f), Some(_)) => *f.get_ref(),
+            (None, _) => true,
+        }
     }
 
     fn listeners(

@@ -182,6 +182,8 @@ pub struct RawBackend {
     #[serde(default)]
     pub received_header: Option<Spanned<bool>>,
     pub sink: Option<Spanned<PathBuf>>,
+    /// The sink fsyncs each message before its 250 (default true).
+    pub sink_fsync: Option<Spanned<bool>>,
     /// How often each server is probed (connect, EHLO, QUIT).
     pub health_interval: Option<Spanned<HumanDuration>>,
 }

@@ -250,3 +250,49 @@ fn xclient_dns_and_health_interval_are_checked() {
         "{e}"
     );
 }
+
+#[test]
+fn hardening_keys_parse_and_check() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.limits.bare_newline, BareNewline::Normal);
+    assert_eq!(c.limits.ipv6_prefix, 64);
+    assert_eq!(c.timeouts.data, Duration::from_secs(600));
+    assert!(c.backends[0].sink_fsync);
+    let src = GOOD.replace(
+        "[timeouts]",
+        "[limits]\nbare_newline = \"strict\"\nipv6_prefix = 48\n\n[timeouts]\ndata = \"2m\"",
+    );
+    let c = parse(&src).unwrap();
+    assert_eq!(c.limits.bare_newline, BareNewline::Strict);
+    assert_eq!(c.limits.ipv6_prefix, 48);
+    assert_eq!(c.timeouts.data, Duration::from_secs(120));
+
+    let e = one_error(&GOOD.replace("[timeouts]", "[limits]\nipv6_prefix = 129\n\n[timeouts]"));
+    assert!(e.contains(": limits.ipv6_prefix: must be 1 to 128"), "{e}");
+    let e = one_error(&GOOD.replace(
+        "[timeouts]",
+        "[limits]\nbare_newline = \"lax\"\n\n[timeouts]",
+    ));
+    assert!(
+        e.contains("limits.bare_newline: unknown variant `lax`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn sink_fsync_belongs_to_a_sink() {
+    let c = parse(&GOOD.replace(
+        "sink = \"var/mail\"",
+        "sink = \"var/mail\"\nsink_fsync = false",
+    ))
+    .unwrap();
+    assert!(!c.backends[0].sink_fsync);
+    let e = one_error(&GOOD.replace(
+        "servers = [\"127.0.0.1:10025\", \"127.0.0.1:10026\"]",
+        "servers = [\"127.0.0.1:10025\"]\nsink_fsync = false",
+    ));
+    assert!(
+        e.contains(": backend[1].sink_fsync: only a `sink` backend has it"),
+        "{e}"
+    );
+}
