@@ -15,7 +15,7 @@ use crate::telemetry::metrics::{self, Direction};
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -156,7 +156,11 @@ enum Mode {
 
 /// Upper bound on commands in flight; the client is not read past it.
 const MAX_IN_FLIGHT: usize = 128;
+/// One read, into a buffer on the stack of the poll: no session keeps a
+/// read buffer while its peer is silent.
 const READ_BUF: usize = 16 * 1024;
+/// Send buffers larger than this are freed once empty at a command boundary.
+const IDLE_BUF: usize = 4 * 1024;
 /// RFC 5321 §4.5.3.2.6: a server may take 10 minutes to answer the end of
 /// the content (filters, milters). Giving up earlier could leave the backend
 /// to queue a message the sender then sends again.
@@ -194,8 +198,8 @@ where
             helo: None,
             smuggling: 0,
         },
-        to_backend: Vec::with_capacity(READ_BUF + 64),
-        to_client: Vec::with_capacity(1024),
+        to_backend: Vec::new(),
+        to_client: Vec::new(),
         server: backend.server,
         progress: 0,
         replies: 0,
@@ -269,8 +273,6 @@ impl Relay<'_> {
         BR: AsyncRead + Unpin,
         BW: AsyncWrite + Unpin,
     {
-        let mut cbuf = vec![0u8; READ_BUF];
-        let mut bbuf = vec![0u8; READ_BUF];
         // The idle clock restarts on progress (a command line, a piece of
         // content, a backend reply), not on any byte: dribbling half a
         // line is idle.
@@ -308,6 +310,9 @@ impl Relay<'_> {
             }
 
             let at_boundary = self.in_flight.is_empty() && matches!(self.mode, Mode::Command);
+            if at_boundary {
+                self.release_buffers();
+            }
             if at_boundary && client_eof {
                 return RelayEnd::ClientClosed;
             }
@@ -341,26 +346,23 @@ impl Relay<'_> {
             let content_deadline = self.content_deadline();
             let far = self.settings.session_deadline;
             tokio::select! {
-                res = cr.read(&mut cbuf), if read_client => match res {
+                res = read_into(cr, |data| self.codec.push(data)), if read_client => match res {
                     // The client may half-close after pipelining its last
                     // commands: their replies are still owed to it.
                     Ok(0) if self.in_flight.is_empty() => return RelayEnd::ClientClosed,
                     Ok(0) => client_eof = true,
-                    Ok(n) => self.codec.push(&cbuf[..n]),
+                    Ok(_) => {}
                     Err(e) => {
                         debug!(error = %e, "client read failed");
                         return RelayEnd::ClientError;
                     }
                 },
-                res = br.read(&mut bbuf) => match res {
+                res = read_into(br, |data| self.parser.push(data)) => match res {
                     Ok(0) => {
                         warn!(server = %self.server, "backend closed the connection");
                         return self.fail(cw, reply::BACKEND_LOST, RelayEnd::BackendLost).await;
                     }
-                    Ok(n) => {
-                        self.parser.push(&bbuf[..n]);
-                        last_activity = Instant::now();
-                    }
+                    Ok(_) => last_activity = Instant::now(),
                     Err(e) => {
                         warn!(server = %self.server, error = %e, "backend read failed");
                         return self.fail(cw, reply::BACKEND_LOST, RelayEnd::BackendLost).await;
@@ -398,6 +400,18 @@ impl Relay<'_> {
         self.in_flight
             .iter()
             .any(|e| matches!(e, Expect::Replayed | Expect::Ehlo | Expect::Auth))
+    }
+
+    /// Gives back what a burst of content or replies made the buffers grow
+    /// to: a session waiting for its next command holds next to nothing.
+    fn release_buffers(&mut self) {
+        self.codec.release_if_empty();
+        self.parser.release_if_empty();
+        for buf in [&mut self.to_backend, &mut self.to_client] {
+            if buf.is_empty() && buf.capacity() > IDLE_BUF {
+                *buf = Vec::new();
+            }
+        }
     }
 
     /// When the content of the message under way must be complete.
@@ -842,6 +856,27 @@ impl Relay<'_> {
         }
         Ok(())
     }
+}
+
+/// Reads once from `r` into a stack buffer and hands the bytes to
+/// `received`; `Ok(0)` at end of stream.
+pub(crate) async fn read_into<R: AsyncRead + Unpin>(
+    r: &mut R,
+    mut received: impl FnMut(&[u8]),
+) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_BUF];
+        let mut buf = tokio::io::ReadBuf::uninit(&mut stack);
+        match std::pin::Pin::new(&mut *r).poll_read(cx, &mut buf) {
+            std::task::Poll::Ready(Ok(())) => {
+                received(buf.filled());
+                std::task::Poll::Ready(Ok(buf.filled().len()))
+            }
+            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    })
+    .await
 }
 
 async fn write_client<CW: AsyncWrite + Unpin>(cw: &mut CW, data: &[u8]) -> std::io::Result<()> {

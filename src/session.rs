@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -157,7 +157,6 @@ async fn pre_tls(
     {
         return;
     }
-    let mut buf = [0u8; 4096];
     // The command timeout runs from the last complete line, not the last
     // byte: a client dribbling one byte at a time is still idle.
     let mut last_line = Instant::now();
@@ -259,7 +258,7 @@ async fn pre_tls(
         let deadline = (last_line + ctx.command_timeout()).min(session_deadline);
         tokio::select! {
             Ok(()) = stress.changed() => continue,
-            res = tokio::time::timeout_at(deadline, tcp.read(&mut buf)) => match res {
+            res = tokio::time::timeout_at(deadline, crate::relay::read_into(&mut tcp, |data| codec.push(data))) => match res {
                 Err(_) => {
                     let _ = write(ctx, &mut tcp, reply::TIMEOUT.render(host).as_bytes()).await;
                     log_plain_end(peer, &dialogue, "timeout");
@@ -269,8 +268,7 @@ async fn pre_tls(
                     log_plain_end(peer, &dialogue, "client_closed");
                     return;
                 }
-                Ok(Ok(n)) => {
-                    codec.push(&buf[..n]);
+                Ok(Ok(_)) => {
                     if looks_like_tls(codec.buffer()) {
                         // A client speaking implicit TLS to a STARTTLS port: no
                         // SMTP reply can reach it, so close at once.

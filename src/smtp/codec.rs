@@ -31,7 +31,7 @@ impl LineCodec {
     /// `limit` counts the bytes of a line including its CRLF.
     pub fn new(limit: usize) -> Self {
         Self {
-            buf: Vec::with_capacity(512),
+            buf: Vec::new(),
             limit,
             discarding: false,
             bare_lf: false,
@@ -113,6 +113,14 @@ impl LineCodec {
     pub fn take_buffered(&mut self) -> Vec<u8> {
         self.discarding = false;
         std::mem::take(&mut self.buf)
+    }
+
+    /// Frees the buffer if it is empty and grew past a command's size
+    /// (after message content): idle sessions hold next to nothing.
+    pub fn release_if_empty(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 1024 {
+            self.buf = Vec::new();
+        }
     }
 
     pub fn buffered_len(&self) -> usize {

@@ -115,6 +115,21 @@ pub struct ReplyParser {
     lines: Vec<Vec<u8>>,
 }
 
+impl ReplyParser {
+    /// Frees the buffers if nothing is pending and they grew past a
+    /// small reply (a long EHLO answer, a burst of pipelined replies).
+    pub fn release_if_empty(&mut self) {
+        if self.buf.is_empty() && self.lines.is_empty() {
+            if self.buf.capacity() > 1024 {
+                self.buf = Vec::new();
+            }
+            if self.lines.capacity() > 16 {
+                self.lines = Vec::new();
+            }
+        }
+    }
+}
+
 /// RFC 5321 allows 512 octets; real servers send longer texts.
 pub const MAX_REPLY_LINE: usize = 16 * 1024;
 pub const MAX_REPLY_LINES: usize = 1000;
