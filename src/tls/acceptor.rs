@@ -15,6 +15,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use super::hello::{self, ClientHelloSummary, Progress, Replay, Version, alert_label};
+use super::provider;
 use super::store::{CertStore, Selection, SniMatch};
 use crate::config::MinVersion;
 use crate::telemetry::metrics;
@@ -218,22 +219,12 @@ impl TlsTerminator {
         min_version: MinVersion,
         session_tickets: u32,
     ) -> Result<ServerConfig, rustls::Error> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let versions: &[&'static rustls::SupportedProtocolVersion] = match min_version {
-            MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
-            MinVersion::Tls13 => &[&rustls::version::TLS13],
-        };
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(versions)?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(NoCertificate));
-        // TLS 1.3 tickets are off unless configured: Microsoft's senders
-        // abort STARTTLS against servers that send them (DESIGN.md §2).
-        config.send_tls13_tickets = session_tickets as usize;
-        if session_tickets > 0 {
-            config.ticketer = rustls::crypto::ring::Ticketer::new()?;
-        }
-        Ok(config)
+        provider::server_config(
+            Arc::new(provider::server_provider(true)),
+            min_version,
+            session_tickets,
+            Arc::new(NoCertificate),
+        )
     }
 
     /// The current certificate store.
