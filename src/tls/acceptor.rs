@@ -159,7 +159,15 @@ pub struct TlsTerminator {
     base: Arc<ArcSwap<ServerConfig>>,
     store: Arc<ArcSwap<CertStore>>,
     /// The settings `base` was built from, to rebuild only on a change.
-    settings: Arc<ArcSwap<(MinVersion, u32)>>,
+    settings: Arc<ArcSwap<TlsSettings>>,
+}
+
+/// The `[tls]` keys the base config is built from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TlsSettings {
+    min_version: MinVersion,
+    session_tickets: u32,
+    post_quantum: bool,
 }
 
 impl std::fmt::Debug for TlsTerminator {
@@ -206,23 +214,26 @@ impl TlsTerminator {
         store: CertStore,
         min_version: MinVersion,
         session_tickets: u32,
+        post_quantum: bool,
     ) -> Result<Self, rustls::Error> {
-        let base = Self::base_config(min_version, session_tickets)?;
+        let settings = TlsSettings {
+            min_version,
+            session_tickets,
+            post_quantum,
+        };
+        let base = Self::base_config(settings)?;
         Ok(Self {
             base: Arc::new(ArcSwap::from_pointee(base)),
             store: Arc::new(ArcSwap::from_pointee(store)),
-            settings: Arc::new(ArcSwap::from_pointee((min_version, session_tickets))),
+            settings: Arc::new(ArcSwap::from_pointee(settings)),
         })
     }
 
-    fn base_config(
-        min_version: MinVersion,
-        session_tickets: u32,
-    ) -> Result<ServerConfig, rustls::Error> {
+    fn base_config(settings: TlsSettings) -> Result<ServerConfig, rustls::Error> {
         provider::server_config(
-            Arc::new(provider::server_provider(true)),
-            min_version,
-            session_tickets,
+            Arc::new(provider::server_provider(settings.post_quantum)),
+            settings.min_version,
+            settings.session_tickets,
             Arc::new(NoCertificate),
         )
     }
@@ -242,14 +253,19 @@ impl TlsTerminator {
         &self,
         min_version: MinVersion,
         session_tickets: u32,
+        post_quantum: bool,
     ) -> Result<bool, rustls::Error> {
-        if **self.settings.load() == (min_version, session_tickets) {
+        let settings = TlsSettings {
+            min_version,
+            session_tickets,
+            post_quantum,
+        };
+        if **self.settings.load() == settings {
             return Ok(false);
         }
-        let base = Self::base_config(min_version, session_tickets)?;
+        let base = Self::base_config(settings)?;
         self.base.store(Arc::new(base));
-        self.settings
-            .store(Arc::new((min_version, session_tickets)));
+        self.settings.store(Arc::new(settings));
         Ok(true)
     }
 
@@ -266,7 +282,7 @@ impl TlsTerminator {
     {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + timeout;
-        let min_version = self.settings.load().0;
+        let min_version = self.settings.load().min_version;
         let fail = |error, hello| HandshakeFailure {
             error,
             hello,
