@@ -193,7 +193,12 @@ fn load_tls(config: &Config) -> Result<(TrustAnchors, TlsTerminator), Exit> {
             warn!(certificate = %c.name, "{w}");
         }
     }
-    match TlsTerminator::new(store, config.tls.min_version, config.tls.session_tickets) {
+    match TlsTerminator::new(
+        store,
+        config.tls.min_version,
+        config.tls.session_tickets,
+        config.tls.post_quantum,
+    ) {
         Ok(t) => Ok((anchors, t)),
         Err(e) => {
             error!(error = %e, "cannot build the TLS configuration");

@@ -59,6 +59,9 @@ pub struct ListenerConfig {
 pub struct TlsConfig {
     pub min_version: MinVersion,
     pub session_tickets: u32,
+    /// Offer the hybrid post-quantum group X25519MLKEM768 first; false
+    /// leaves X25519, P-256, P-384 (DESIGN.md §2).
+    pub post_quantum: bool,
     /// Index into [`Config::certificates`].
     pub default_certificate: usize,
     pub trust_anchors: Option<PathBuf>,
@@ -578,6 +581,7 @@ impl Checker<'_> {
                 Some(n) => *n.get_ref(),
                 None => 0,
             },
+            post_quantum: t.post_quantum.unwrap_or(true),
             default_certificate,
             trust_anchors: t.trust_anchors.as_ref().map(|p| p.get_ref().clone()),
             trust_anchors_at: t

@@ -124,6 +124,8 @@ pub struct RawTls {
     #[serde(default)]
     pub min_version: MinVersion,
     pub session_tickets: Option<Spanned<u32>>,
+    /// Offer the hybrid X25519MLKEM768 first (default true).
+    pub post_quantum: Option<bool>,
     pub default_certificate: Option<Spanned<String>>,
     pub trust_anchors: Option<Spanned<PathBuf>>,
     /// Warn when a certificate expires within this window (default 21 days).

@@ -15,6 +15,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use super::hello::{self, ClientHelloSummary, Progress, Replay, Version, alert_label};
+use super::provider;
 use super::store::{CertStore, Selection, SniMatch};
 use crate::config::MinVersion;
 use crate::telemetry::metrics;
@@ -158,7 +159,15 @@ pub struct TlsTerminator {
     base: Arc<ArcSwap<ServerConfig>>,
     store: Arc<ArcSwap<CertStore>>,
     /// The settings `base` was built from, to rebuild only on a change.
-    settings: Arc<ArcSwap<(MinVersion, u32)>>,
+    settings: Arc<ArcSwap<TlsSettings>>,
+}
+
+/// The `[tls]` keys the base config is built from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TlsSettings {
+    min_version: MinVersion,
+    session_tickets: u32,
+    post_quantum: bool,
 }
 
 impl std::fmt::Debug for TlsTerminator {
@@ -205,35 +214,28 @@ impl TlsTerminator {
         store: CertStore,
         min_version: MinVersion,
         session_tickets: u32,
+        post_quantum: bool,
     ) -> Result<Self, rustls::Error> {
-        let base = Self::base_config(min_version, session_tickets)?;
+        let settings = TlsSettings {
+            min_version,
+            session_tickets,
+            post_quantum,
+        };
+        let base = Self::base_config(settings)?;
         Ok(Self {
             base: Arc::new(ArcSwap::from_pointee(base)),
             store: Arc::new(ArcSwap::from_pointee(store)),
-            settings: Arc::new(ArcSwap::from_pointee((min_version, session_tickets))),
+            settings: Arc::new(ArcSwap::from_pointee(settings)),
         })
     }
 
-    fn base_config(
-        min_version: MinVersion,
-        session_tickets: u32,
-    ) -> Result<ServerConfig, rustls::Error> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let versions: &[&'static rustls::SupportedProtocolVersion] = match min_version {
-            MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
-            MinVersion::Tls13 => &[&rustls::version::TLS13],
-        };
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(versions)?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(NoCertificate));
-        // TLS 1.3 tickets are off unless configured: Microsoft's senders
-        // abort STARTTLS against servers that send them (DESIGN.md §2).
-        config.send_tls13_tickets = session_tickets as usize;
-        if session_tickets > 0 {
-            config.ticketer = rustls::crypto::ring::Ticketer::new()?;
-        }
-        Ok(config)
+    fn base_config(settings: TlsSettings) -> Result<ServerConfig, rustls::Error> {
+        provider::server_config(
+            Arc::new(provider::server_provider(settings.post_quantum)),
+            settings.min_version,
+            settings.session_tickets,
+            Arc::new(NoCertificate),
+        )
     }
 
     /// The current certificate store.
@@ -251,14 +253,19 @@ impl TlsTerminator {
         &self,
         min_version: MinVersion,
         session_tickets: u32,
+        post_quantum: bool,
     ) -> Result<bool, rustls::Error> {
-        if **self.settings.load() == (min_version, session_tickets) {
+        let settings = TlsSettings {
+            min_version,
+            session_tickets,
+            post_quantum,
+        };
+        if **self.settings.load() == settings {
             return Ok(false);
         }
-        let base = Self::base_config(min_version, session_tickets)?;
+        let base = Self::base_config(settings)?;
         self.base.store(Arc::new(base));
-        self.settings
-            .store(Arc::new((min_version, session_tickets)));
+        self.settings.store(Arc::new(settings));
         Ok(true)
     }
 
@@ -275,7 +282,7 @@ impl TlsTerminator {
     {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + timeout;
-        let min_version = self.settings.load().0;
+        let min_version = self.settings.load().min_version;
         let fail = |error, hello| HandshakeFailure {
             error,
             hello,

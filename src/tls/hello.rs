@@ -430,6 +430,28 @@ mod tests {
         assert!(s.signature_schemes.is_some_and(|n| n >= 5), "{s:?}");
     }
 
+    /// A post-quantum ClientHello carries a 1,216-byte X25519MLKEM768 key
+    /// share: still one record, read whole and parsed.
+    #[test]
+    fn post_quantum_client_hello() {
+        let roots = rustls::RootCertStore::empty();
+        let provider = std::sync::Arc::new(crate::tls::provider::server_provider(true));
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("mx1.example.test").unwrap();
+        let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+        let mut bytes = Vec::new();
+        conn.write_tls(&mut bytes).unwrap();
+        assert!(bytes.len() > 1216, "{} bytes", bytes.len());
+        assert_eq!(progress(&bytes), Progress::Complete(bytes.len()));
+        let s = parse(&bytes).unwrap();
+        assert_eq!(s.max_version, Version::Tls13);
+        assert_eq!(s.sni.as_deref(), Some("mx1.example.test"));
+    }
+
     #[test]
     fn grease_values_are_recognised() {
         assert!(is_grease(0x0a0a));

@@ -213,15 +213,9 @@ impl CertStamps {
     }
 }
 
-/// SHA-256 from the crypto provider rustls already uses (ring), so that no
-/// hash crate is needed for change detection.
+/// SHA-256 for change detection.
 fn sha256(data: &[u8]) -> Vec<u8> {
-    use rustls::SupportedCipherSuite;
-    let hash = match rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256 {
-        SupportedCipherSuite::Tls13(s) => s.common.hash_provider,
-        SupportedCipherSuite::Tls12(s) => s.common.hash_provider,
-    };
-    hash.hash(data).as_ref().to_vec()
+    super::provider::sha256(data)
 }
 
 /// Both files of a `[[certificate]]` as read. The key's PEM text lives in
@@ -358,12 +352,11 @@ pub fn load_from_pem(
             path: c.chain.clone(),
         });
     };
-    let signing_key = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|source| {
-        CertError::KeyUnsupported {
+    let signing_key =
+        super::provider::signing_key(&key).map_err(|source| CertError::KeyUnsupported {
             path: c.key.clone(),
             source,
-        }
-    })?;
+        })?;
     let algorithm = match signing_key.algorithm() {
         SignatureAlgorithm::ECDSA => KeyAlgorithm::Ecdsa,
         SignatureAlgorithm::ED25519 => KeyAlgorithm::Ed25519,

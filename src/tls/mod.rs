@@ -5,6 +5,7 @@
 pub mod acceptor;
 pub mod hello;
 pub mod load;
+pub mod provider;
 pub mod reload;
 pub mod store;
 pub mod validate;

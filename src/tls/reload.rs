@@ -518,10 +518,11 @@ impl Reloader {
                 return;
             }
         };
-        match self
-            .terminator
-            .apply_settings(new.tls.min_version, new.tls.session_tickets)
-        {
+        match self.terminator.apply_settings(
+            new.tls.min_version,
+            new.tls.session_tickets,
+            new.tls.post_quantum,
+        ) {
             Ok(true) => info!("TLS settings applied"),
             Ok(false) => {}
             Err(e) => {

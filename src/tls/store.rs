@@ -227,7 +227,7 @@ mod tests {
     fn key(dir: &str) -> Arc<CertifiedKey> {
         let base = format!("{}/certs.example/{dir}", env!("CARGO_MANIFEST_DIR"));
         let key = PrivateKeyDer::from_pem_file(format!("{base}/privkey.pem")).unwrap();
-        let key = rustls::crypto::ring::sign::any_supported_type(&key).unwrap();
+        let key = crate::tls::provider::signing_key(&key).unwrap();
         let chain: Vec<CertificateDer<'static>> =
             CertificateDer::pem_file_iter(format!("{base}/fullchain.pem"))
                 .unwrap()

@@ -635,6 +635,43 @@ pub fn client_config(
         .with_no_client_auth()
 }
 
+/// A client trusting only the demo root, with the crypto provider given
+/// (e.g. aws-lc-rs with chosen key exchange groups, or ring).
+pub fn client_config_with_provider(
+    provider: rustls::crypto::CryptoProvider,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(certs().join("ca.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+/// Greeting, EHLO, STARTTLS and a verified handshake (SNI
+/// mx1.example.test) with `config`; returns the client's connection and
+/// socket, for what the client negotiated.
+pub fn starttls_handshake(
+    proxy: &Proxy,
+    config: rustls::ClientConfig,
+) -> (rustls::ClientConnection, TcpStream) {
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("220");
+    c.cmd("EHLO client.test", "250");
+    c.cmd("STARTTLS", "220");
+    let mut tcp = c.into_tcp();
+    let name = ServerName::try_from("mx1.example.test").unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).expect("handshake");
+    }
+    (conn, tcp)
+}
+
 /// The subject CN of a DER certificate (for assertions).
 pub fn subject_of(der: &[u8]) -> String {
     // Good enough for the demo PKI: find the printable CN value.

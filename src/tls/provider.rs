@@ -1,0 +1,123 @@
+//! The crypto provider, named in this one place: aws-lc-rs.
+//!
+//! Chosen over ring by measurement (`benches/handshake.rs`, and the numbers
+//! in the commit that switched): its RSA signing is several times faster on
+//! x86-64, and it has ML-KEM, so the hybrid post-quantum group
+//! X25519MLKEM768 can be offered (DESIGN.md §2). Everything in `src/` that
+//! needs a provider (handshakes, key loading, hashing) asks here.
+
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls::crypto::aws_lc_rs::{self, kx_group};
+use rustls::crypto::{CryptoProvider, SupportedKxGroup};
+use rustls::server::ResolvesServerCert;
+use rustls::sign::SigningKey;
+use rustls_pki_types::PrivateKeyDer;
+
+use crate::config::MinVersion;
+
+/// The key exchange groups offered, in order of preference (DESIGN.md §2):
+/// the hybrid X25519MLKEM768 first unless `post_quantum` is off, then
+/// X25519, P-256, P-384. rustls follows the client's order among the groups
+/// both sides have; a client that lists the hybrid group first gets it.
+pub fn kx_groups(post_quantum: bool) -> Vec<&'static dyn SupportedKxGroup> {
+    let classic = [kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1];
+    let hybrid = post_quantum.then_some(kx_group::X25519MLKEM768);
+    hybrid.into_iter().chain(classic).collect()
+}
+
+/// The provider the proxy terminates TLS with: aws-lc-rs's cipher suites
+/// and signature algorithms, the key exchange groups of [`kx_groups`].
+pub fn server_provider(post_quantum: bool) -> CryptoProvider {
+    CryptoProvider {
+        kx_groups: kx_groups(post_quantum),
+        ..aws_lc_rs::default_provider()
+    }
+}
+
+/// The server config every handshake starts from, before its certificate
+/// is chosen (`resolver` decides that). `provider` is a parameter so that
+/// benches can compare providers with everything else equal; the proxy
+/// passes [`server_provider`]. TLS 1.3 tickets are sent only when
+/// `session_tickets > 0`: Microsoft's senders abort STARTTLS against
+/// servers that send them (DESIGN.md §2).
+pub fn server_config(
+    provider: Arc<CryptoProvider>,
+    min_version: MinVersion,
+    session_tickets: u32,
+    resolver: Arc<dyn ResolvesServerCert>,
+) -> Result<ServerConfig, rustls::Error> {
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match min_version {
+        MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        MinVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.send_tls13_tickets = session_tickets as usize;
+    if session_tickets > 0 {
+        config.ticketer = aws_lc_rs::Ticketer::new()?;
+    }
+    Ok(config)
+}
+
+/// A private key as rustls signs with it (ECDSA, Ed25519 or RSA).
+pub fn signing_key(key: &PrivateKeyDer<'_>) -> Result<Arc<dyn SigningKey>, rustls::Error> {
+    aws_lc_rs::sign::any_supported_type(key)
+}
+
+/// SHA-256 from the provider, so that no hash crate is needed (certificate
+/// change detection).
+pub fn sha256(data: &[u8]) -> Vec<u8> {
+    use rustls::SupportedCipherSuite;
+    let hash = match aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256 {
+        SupportedCipherSuite::Tls13(s) => s.common.hash_provider,
+        SupportedCipherSuite::Tls12(s) => s.common.hash_provider,
+    };
+    hash.hash(data).as_ref().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::NamedGroup;
+
+    fn names(post_quantum: bool) -> Vec<NamedGroup> {
+        kx_groups(post_quantum).iter().map(|g| g.name()).collect()
+    }
+
+    #[test]
+    fn hybrid_group_first_then_classic() {
+        assert_eq!(
+            names(true),
+            [
+                NamedGroup::X25519MLKEM768,
+                NamedGroup::X25519,
+                NamedGroup::secp256r1,
+                NamedGroup::secp384r1
+            ]
+        );
+    }
+
+    #[test]
+    fn post_quantum_off_drops_only_the_hybrid_group() {
+        assert_eq!(
+            names(false),
+            [
+                NamedGroup::X25519,
+                NamedGroup::secp256r1,
+                NamedGroup::secp384r1
+            ]
+        );
+    }
+
+    #[test]
+    fn the_group_name_logged_is_the_iana_name() {
+        // src/session.rs logs `NamedGroup::as_str()`; docs/telemetry.md
+        // lists these values.
+        assert_eq!(NamedGroup::X25519MLKEM768.as_str(), Some("X25519MLKEM768"));
+        assert_eq!(NamedGroup::X25519.as_str(), Some("X25519"));
+    }
+}
