@@ -5,6 +5,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use starttls_proxy::smtp::codec::LineCodec;
 use starttls_proxy::smtp::command::Command;
 use starttls_proxy::smtp::data::DataScanner;
+use starttls_proxy::tls::hello;
 
 fn codec(c: &mut Criterion) {
     let burst = b"MAIL FROM:<sender@example.org> SIZE=12345 BODY=8BITMIME\r\nRCPT TO:<a@example.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n";
@@ -46,8 +47,62 @@ fn codec(c: &mut Criterion) {
             assert!(ended);
         })
     });
+    // The same bytes copied and nothing else: the ceiling for the scan.
+    g.bench_function("plain_copy_1mib_16k_chunks", |b| {
+        let mut out = Vec::with_capacity(body.len() + 64);
+        b.iter(|| {
+            out.clear();
+            for chunk in body.chunks(16 * 1024) {
+                out.extend_from_slice(std::hint::black_box(chunk));
+            }
+            out.len()
+        })
+    });
+    // Bare-LF content: every line is rewritten to CRLF.
+    let bare: Vec<u8> = body
+        .split(|&b| b == b'\n')
+        .flat_map(|l| {
+            let l = l.strip_suffix(b"\r").unwrap_or(l);
+            l.iter().copied().chain(std::iter::once(b'\n'))
+        })
+        .collect();
+    g.throughput(Throughput::Bytes(bare.len() as u64));
+    g.bench_function("scan_1mib_bare_lf_16k_chunks", |b| {
+        let mut out = Vec::with_capacity(bare.len() * 2);
+        b.iter(|| {
+            out.clear();
+            let mut s = DataScanner::default();
+            for chunk in bare.chunks(16 * 1024) {
+                s.scan(chunk, &mut out);
+            }
+            out.len()
+        })
+    });
     g.finish();
 }
 
-criterion_group!(benches, codec);
+/// ClientHello inspection (read before rustls on every handshake): the
+/// record boundary check and the parse, on real captured hellos.
+fn client_hello(c: &mut Criterion) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clienthello");
+    let mut g = c.benchmark_group("client_hello");
+    for name in ["openssl-default", "go-default", "python-default"] {
+        let Ok(bytes) = std::fs::read(dir.join(format!("{name}.bin"))) else {
+            continue;
+        };
+        g.throughput(Throughput::Bytes(bytes.len() as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let n = match hello::progress(std::hint::black_box(&bytes)) {
+                    hello::Progress::Complete(n) => n,
+                    _ => return None,
+                };
+                hello::parse(&bytes[..n])
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, codec, client_hello);
 criterion_main!(benches);
