@@ -1,20 +1,20 @@
-//! `DataScanner` (the end of DATA content) over arbitrary chunks.
+//! `DataScanner` (the end of DATA content) over arbitrary chunks, in both
+//! `bare_newline` modes.
 //!
-//! Input: bytes 0..4 and 4..8 choose two ways of cutting the stream (see
-//! `common::chunks`), the rest is what the client sends after `354`.
+//! Input: byte 0 chooses the mode (even: normal, odd: strict), bytes 1..5
+//! and 5..9 two ways of cutting the stream (see `common::chunks`), the rest
+//! is what the client sends after `354`.
 //!
-//! What src/smtp/data.rs promises, and what is asserted:
-//! - normalisation: a bare LF becomes CRLF, nothing else changes (a bare
-//!   CR stays, dot-stuffing stays): the output is exactly the consumed
-//!   input with a CR put before each LF that had none — so the output
-//!   never holds an LF without a CR before it (a bare CR may remain);
-//! - the end is the first `CRLF . CRLF` of the *output* (with a CRLF
-//!   assumed before the content, so `.CRLF` at the very start ends it too),
-//!   which is where the backend, reading the same output, ends the
-//!   message: `ended` iff the output ends so, and no earlier prefix does;
-//!   without `ended`, the whole input is consumed and the output holds no
-//!   terminator at all (no message can be smuggled past the proxy);
-//! - `consumed` never exceeds the chunk, and equals it unless `ended`;
+//! What src/smtp/data.rs promises (DESIGN.md §2, "Message boundaries"), and
+//! what is asserted:
+//! - only the raw `<CR><LF>.<CR><LF>` (or `.<CR><LF>` at the very start)
+//!   ends the content: `ended` exactly there, `consumed` up to its end;
+//! - the output never holds an LF without a CR before it;
+//! - no output line before the end is, with NUL and CR removed, a lone dot
+//!   (what a backend that drops NULs, or one that reads the output as CRLF
+//!   lines, would take for the end);
+//! - strict: a bare LF before the end refuses; a refused output holds no
+//!   terminator;
 //! - none of this depends on how the input was cut into reads.
 
 #![no_main]
@@ -22,66 +22,79 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use starttls_proxy::smtp::data::DataScanner;
+use starttls_proxy::config::BareNewline;
+use starttls_proxy::smtp::data::{DataScanner, Violation};
 
-/// Output, total input consumed, and whether the end was found.
-fn scan(chunks: &[&[u8]]) -> (Vec<u8>, usize, bool) {
-    let mut s = DataScanner::default();
+/// Output, input consumed, ended, refused.
+fn scan(mode: BareNewline, chunks: &[&[u8]]) -> (Vec<u8>, usize, bool, Option<Violation>) {
+    let mut s = DataScanner::new(mode);
     let mut out = Vec::new();
     let mut total = 0;
     for chunk in chunks {
-        let before = out.len();
         let r = s.scan(chunk, &mut out);
         assert!(r.consumed <= chunk.len());
-        // Each consumed byte is emitted, plus at most one CR per LF.
-        let lfs = chunk[..r.consumed].iter().filter(|&&b| b == b'\n').count();
-        let emitted = out.len() - before;
-        assert!(emitted >= r.consumed && emitted <= r.consumed + lfs);
         total += r.consumed;
-        if r.ended {
-            return (out, total, true);
+        if r.ended || r.refused.is_some() {
+            return (out, total, r.ended, r.refused);
         }
         assert_eq!(r.consumed, chunk.len(), "stopped early without an end");
     }
-    (out, total, false)
+    (out, total, false, None)
 }
 
-/// Whether `out` (content so far) ends with the DATA terminator.
-fn ends_message(out: &[u8]) -> bool {
-    out == b".\r\n" || out.ends_with(b"\r\n.\r\n")
+/// Where the raw terminator ends, if anywhere.
+fn raw_end(input: &[u8]) -> Option<usize> {
+    if input.starts_with(b".\r\n") {
+        return Some(3);
+    }
+    input.windows(5).position(|w| w == b"\r\n.\r\n").map(|i| i + 5)
 }
 
 fuzz_target!(|input: &[u8]| {
-    let (h, data) = common::header::<8>(input);
-    let (out, consumed, ended) = scan(&[data]);
+    let (h, data) = common::header::<9>(input);
+    let mode = if h[0] % 2 == 0 {
+        BareNewline::Normal
+    } else {
+        BareNewline::Strict
+    };
+    let (out, consumed, ended, refused) = scan(mode, &[data]);
+    let end = raw_end(data);
 
-    // Normalisation, and nothing else.
-    assert_eq!(out, common::normalise_bare_lf(&data[..consumed]));
     for (i, &b) in out.iter().enumerate() {
-        assert!(
-            b != b'\n' || (i > 0 && out[i - 1] == b'\r'),
-            "bare LF at {i}"
-        );
+        assert!(b != b'\n' || (i > 0 && out[i - 1] == b'\r'), "bare LF at {i}");
+    }
+    match refused {
+        None => {
+            assert_eq!(ended, end.is_some(), "ended={ended} but raw end {end:?}");
+            assert_eq!(consumed, end.unwrap_or(data.len()));
+        }
+        Some(_) => {
+            assert_eq!(mode, BareNewline::Strict);
+            assert!(!ended);
+            assert!(out != b".\r\n" && !out.ends_with(b"\r\n.\r\n"));
+        }
+    }
+    if mode == BareNewline::Strict {
+        let upto = end.unwrap_or(data.len());
+        let bare_lf = data[..upto]
+            .iter()
+            .enumerate()
+            .any(|(i, &b)| b == b'\n' && (i == 0 || data[i - 1] != b'\r'));
+        if bare_lf {
+            assert!(refused.is_some(), "strict let a bare LF through");
+        }
+    }
+    let body = if ended { &out[..out.len() - 3] } else { &out[..] };
+    for line in body.split(|&b| b == b'\n') {
+        let shown: Vec<u8> = line.iter().copied().filter(|&b| b != 0 && b != b'\r').collect();
+        assert_ne!(shown, b".", "a false end reaches the backend: {out:?}");
     }
 
-    // The end is where the backend finds it, and only there.
-    assert_eq!(
-        ended,
-        ends_message(&out),
-        "ended={ended} but output {out:?}"
-    );
-    for n in 0..out.len() {
-        assert!(!ends_message(&out[..n]), "terminator at {n} before the end");
-    }
-    if !ended {
-        assert_eq!(consumed, data.len());
-    }
-
-    for sizes in [&h[..4], &h[4..]] {
-        let cut = scan(&common::chunks(sizes, data));
+    for sizes in [&h[1..5], &h[5..]] {
+        let cut = scan(mode, &common::chunks(sizes, data));
         assert_eq!(
             cut,
-            (out.clone(), consumed, ended),
+            (out.clone(), consumed, ended, refused),
             "result depends on the cuts {sizes:?}"
         );
     }
