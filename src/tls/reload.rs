@@ -71,6 +71,15 @@ struct Tracked {
 }
 
 impl Tracked {
+    /// Serves `l` from now on (it validated and fits with the others).
+    fn take(&mut self, l: Arc<LoadedCert>) {
+        info!(certificate = %self.config.name, serial = %l.serial, previous_serial = %self.good.serial, not_after = %fmt_time(l.not_after), "certificate reloaded");
+        for w in &l.warnings {
+            warn!(certificate = %self.config.name, "{w}");
+        }
+        self.good = l;
+    }
+
     /// Whether the files' contents differ from what was last validated
     /// (or they became readable, or stopped being so). Reads and digests
     /// them; keeps nothing of them.
@@ -401,6 +410,24 @@ impl Reloader {
     fn commit(&mut self, candidates: Vec<Option<Arc<LoadedCert>>>, results: &mut [ReloadResult]) {
         let mut accepted: Vec<Arc<LoadedCert>> =
             self.certs.iter().map(|t| t.good.clone()).collect();
+        // The usual case: every new certificate fits, and one store is built
+        // for the whole batch, O(total) however many changed (a bulk rotation
+        // of thousands). Only a clash falls back to one trial per candidate.
+        let mut all = accepted.clone();
+        for (slot, c) in all.iter_mut().zip(&candidates) {
+            if let Some(l) = c {
+                *slot = l.clone();
+            }
+        }
+        if let Ok(s) = CertStore::new(all, self.config.tls.default_certificate) {
+            for (t, c) in self.certs.iter_mut().zip(candidates) {
+                if let Some(l) = c {
+                    t.take(l);
+                }
+            }
+            self.terminator.swap_store(s);
+            return;
+        }
         let mut store = None;
         for (i, c) in candidates.into_iter().enumerate() {
             let Some(l) = c else { continue };
@@ -408,12 +435,7 @@ impl Reloader {
             trial[i] = l.clone();
             match CertStore::new(trial.clone(), self.config.tls.default_certificate) {
                 Ok(s) => {
-                    let t = &mut self.certs[i];
-                    info!(certificate = %t.config.name, serial = %l.serial, previous_serial = %t.good.serial, not_after = %fmt_time(l.not_after), "certificate reloaded");
-                    for w in &l.warnings {
-                        warn!(certificate = %t.config.name, "{w}");
-                    }
-                    t.good = l;
+                    self.certs[i].take(l);
                     accepted = trial;
                     store = Some(s);
                 }
