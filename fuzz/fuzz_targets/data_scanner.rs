@@ -84,8 +84,11 @@ fuzz_target!(|input: &[u8]| {
             assert!(refused.is_some(), "strict let a bare LF through");
         }
     }
+    // Complete lines only: a line still open (no LF yet) ends nothing, and
+    // the scanner may yet add to it.
     let body = if ended { &out[..out.len() - 3] } else { &out[..] };
-    for line in body.split(|&b| b == b'\n') {
+    let complete = body.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    for line in body[..complete].split(|&b| b == b'\n') {
         let shown: Vec<u8> = line.iter().copied().filter(|&b| b != 0 && b != b'\r').collect();
         assert_ne!(shown, b".", "a false end reaches the backend: {out:?}");
     }
