@@ -52,6 +52,7 @@ const STOCK: &[Reply] = &[
     reply::BAD_CHARACTERS,
     reply::XCLIENT_DENIED,
     reply::AUTH_NEEDS_TLS,
+    reply::BDAT_NOT_OFFERED,
 ];
 
 /// Parses `text` as consecutive SMTP replies; returns each reply's code.
@@ -152,6 +153,17 @@ fuzz_target!(|input: &[u8]| {
 
         let (text, close) = match &action {
             Action::Reply(t) => (t, false),
+            Action::Discard { reply, bytes } => {
+                // Without CHUNKING offered (this dialogue has no probed
+                // extensions), the chunk is dropped unread, never commands.
+                match &cmd {
+                    Some(Command::Bdat(Some(b))) => assert_eq!(b.size, *bytes),
+                    other => panic!("discard after {other:?}"),
+                }
+                assert_eq!(policy, TlsPolicy::Opportunistic);
+                codec.skip(*bytes);
+                (reply, false)
+            }
             Action::Close(t) => (t, true),
             Action::StartTls => {
                 assert_eq!(cmd, Some(Command::StartTls { has_args: false }));
@@ -196,6 +208,9 @@ fuzz_target!(|input: &[u8]| {
         match &cmd {
             Some(Command::Auth) => assert_eq!(first, 530),
             Some(Command::Xclient) => assert_eq!(first, 550),
+            Some(Command::Bdat(_)) if policy == TlsPolicy::Opportunistic => {
+                assert_eq!(first, 502, "BDAT without CHUNKING offered answered {text:?}");
+            }
             Some(_) if is_transaction => {
                 assert_eq!(
                     policy,
