@@ -22,37 +22,10 @@ die() { echo "$ME: ERROR: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root (apt-get)"
 cd "$(dirname "$0")/.."
 
-scripts/install-test-deps.sh
-
-PKGS=(nginx libnginx-mod-mail stunnel4 util-linux linux-perf valgrind)
-missing=()
-for p in "${PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-
-added_policy=0
-cleanup() { if [ "$added_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi; }
-trap cleanup EXIT
-
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "$ME: installing: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\n# temporary, from %s: do not start services during install\nexit 101\n' "$ME" \
-      > /usr/sbin/policy-rc.d
-    chmod 755 /usr/sbin/policy-rc.d
-    added_policy=1
-  fi
-  if ! apt-get install -y -q --no-install-recommends "${missing[@]}"; then
-    echo "$ME: apt-get install failed: running apt-get update and retrying"
-    apt-get update -q || die "apt-get update failed"
-    apt-get install -y -q --no-install-recommends "${missing[@]}" \
-      || die "apt-get install failed for: ${missing[*]}"
-  fi
-  cleanup; added_policy=0
-else
-  echo "$ME: all packages already installed"
-fi
+# The test dependencies, and the peers: one apt step, the same care not to
+# start services while installing.
+EXTRA_PACKAGES="nginx libnginx-mod-mail stunnel4 util-linux linux-perf valgrind" \
+  scripts/install-test-deps.sh
 
 # The system nginx must not hold :80; compare.sh runs private instances only.
 if [ -d /run/systemd/system ]; then

@@ -39,6 +39,10 @@ die() { echo "$ME: ERROR: $*" >&2; exit 1; }
 
 PKGS=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libio-socket-inet6-perl
       openssl ca-certificates python3 python3-pip iproute2 procps prometheus dnsmasq-base)
+# More packages, the same way (benches/install-bench-deps.sh adds the peers
+# it compares against).
+# shellcheck disable=SC2206
+PKGS+=(${EXTRA_PACKAGES:-})
 CMDS=(postfix postconf swaks openssl python3 ss promtool dnsmasq cargo-audit)
 
 [ "$(id -u)" = 0 ] || die "must run as root (apt-get; the tests run private postfix instances)"
