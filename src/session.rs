@@ -86,7 +86,32 @@ impl SessionTls {
     }
 }
 
+/// What the plaintext part of a session ended in.
+enum Plaintext {
+    /// The session is over (QUIT, an error, a timeout, shutdown); logged.
+    Closed,
+    /// `220 Ready to start TLS` sent: the handshake comes next.
+    StartTls {
+        tcp: TcpStream,
+        helo: Option<String>,
+    },
+    /// A transaction begun in plaintext on an opportunistic listener: it is
+    /// relayed in plaintext, starting with what the client already sent.
+    Relay {
+        tcp: TcpStream,
+        input: Vec<u8>,
+        replay_helo: Option<Vec<u8>>,
+        helo_name: Option<String>,
+    },
+}
+
 /// Runs one connection to its end.
+///
+/// The task is sized for its largest phase, and an idle session spends
+/// its life in the relay: the plaintext dialogue returns (its codec and
+/// state dropped) before the handshake, and the handshake (rustls's
+/// acceptor, the ClientHello buffer) runs in an allocation of its own,
+/// freed when it ends (docs/memory.md).
 pub async fn run(
     ctx: Arc<ListenerContext>,
     tcp: TcpStream,
@@ -102,38 +127,64 @@ pub async fn run(
         tls: None,
         helo: None,
     };
-    match ctx.mode {
-        ListenerMode::Implicit => {
-            let tls = ctx.tls.clone();
-            if let Some((stream, facts)) = handshake(&ctx, &tls, tcp, peer, &shutdown).await {
-                post_tls(
-                    &ctx,
-                    stream,
-                    ClientIdentity {
-                        tls: Some(facts),
-                        ..who
-                    },
-                    None,
-                    SessionTls::Implicit,
-                    session_deadline,
-                    shutdown,
-                )
-                .await;
+    let (tcp, helo, kind) = match ctx.mode {
+        ListenerMode::Implicit => (tcp, None, SessionTls::Implicit),
+        ListenerMode::Starttls => {
+            match pre_tls(&ctx, tcp, peer, &mut shutdown, session_deadline).await {
+                Plaintext::Closed => return,
+                Plaintext::StartTls { tcp, helo } => (tcp, helo, SessionTls::Starttls),
+                Plaintext::Relay {
+                    tcp,
+                    input,
+                    replay_helo,
+                    helo_name,
+                } => {
+                    relay_to_backend(
+                        &ctx,
+                        tcp,
+                        who,
+                        input,
+                        replay_helo,
+                        helo_name,
+                        SessionTls::None,
+                        session_deadline,
+                        shutdown,
+                    )
+                    .await;
+                    return;
+                }
             }
         }
-        ListenerMode::Starttls => pre_tls(&ctx, tcp, who, &mut shutdown, session_deadline).await,
-    }
+    };
+    let tls = ctx.tls.clone();
+    let Some((stream, facts)) = Box::pin(handshake(&ctx, &tls, tcp, peer, &shutdown)).await else {
+        return;
+    };
+    post_tls(
+        &ctx,
+        stream,
+        ClientIdentity {
+            tls: Some(facts),
+            ..who
+        },
+        helo,
+        kind,
+        session_deadline,
+        shutdown,
+    )
+    .await;
 }
 
+/// The SMTP dialogue before TLS, up to STARTTLS, a plaintext
+/// transaction or the end of the session.
 async fn pre_tls(
-    ctx: &Arc<ListenerContext>,
+    ctx: &ListenerContext,
     mut tcp: TcpStream,
-    who: ClientIdentity,
+    peer: SocketAddr,
     shutdown: &mut watch::Receiver<bool>,
     session_deadline: Instant,
-) {
+) -> Plaintext {
     let host = ctx.hostname.as_str();
-    let peer = who.client;
     let health = ctx.backend.health();
     if health.all_down() {
         // No server answered its last probe: a session could only end in
@@ -146,7 +197,7 @@ async fn pre_tls(
         )
         .await;
         info!(%peer, tls = "none", outcome = "backend_down", messages = 0u64, "session");
-        return;
+        return Plaintext::Closed;
     }
     let mut dialogue = PreTlsDialogue::new(host, ctx.tls_policy, ctx.limits.max_errors)
         .with_extensions(health.extensions());
@@ -155,7 +206,7 @@ async fn pre_tls(
         .await
         .is_err()
     {
-        return;
+        return Plaintext::Closed;
     }
     // The command timeout runs from the last complete line, not the last
     // byte: a client dribbling one byte at a time is still idle.
@@ -167,18 +218,18 @@ async fn pre_tls(
             if codec.last_line_bare_lf() && ctx.limits.bare_newline == BareNewline::Strict {
                 let _ = write(ctx, &mut tcp, reply::BARE_LF.render(host).as_bytes()).await;
                 log_plain_end(peer, &dialogue, "bare_newline");
-                return;
+                return Plaintext::Closed;
             }
             match dialogue.on_line(line) {
                 Action::Reply(r) => {
                     if write(ctx, &mut tcp, r.as_bytes()).await.is_err() {
-                        return;
+                        return Plaintext::Closed;
                     }
                 }
                 Action::Discard { reply, bytes } => {
                     codec.skip(bytes);
                     if write(ctx, &mut tcp, reply.as_bytes()).await.is_err() {
-                        return;
+                        return Plaintext::Closed;
                     }
                 }
                 Action::Close(r) => {
@@ -192,7 +243,7 @@ async fn pre_tls(
                             "too_many_errors"
                         },
                     );
-                    return;
+                    return Plaintext::Closed;
                 }
                 Action::StartTls => {
                     if write(
@@ -203,7 +254,7 @@ async fn pre_tls(
                     .await
                     .is_err()
                     {
-                        return;
+                        return Plaintext::Closed;
                     }
                     // Bytes that arrived with or after STARTTLS were sent
                     // before the handshake: never read them as commands
@@ -213,43 +264,21 @@ async fn pre_tls(
                         metrics::starttls_injection(&ctx.address.to_string());
                         warn!(%peer, discarded = discarded.len(), "dropped bytes pipelined after STARTTLS");
                     }
-                    let helo = dialogue.helo_name();
-                    let tls = ctx.tls.clone();
-                    if let Some((stream, facts)) = handshake(ctx, &tls, tcp, peer, shutdown).await {
-                        post_tls(
-                            ctx,
-                            stream,
-                            ClientIdentity {
-                                tls: Some(facts),
-                                ..who
-                            },
-                            helo,
-                            SessionTls::Starttls,
-                            session_deadline,
-                            shutdown.clone(),
-                        )
-                        .await;
-                    }
-                    return;
+                    return Plaintext::StartTls {
+                        tcp,
+                        helo: dialogue.helo_name(),
+                    };
                 }
                 Action::Relay { helo, line } => {
                     let mut input = line;
                     input.extend_from_slice(b"\r\n");
                     input.extend_from_slice(&codec.take_buffered());
-                    let helo_name = dialogue.helo_name();
-                    relay_to_backend(
-                        ctx,
+                    return Plaintext::Relay {
                         tcp,
-                        who,
                         input,
-                        helo,
-                        helo_name,
-                        SessionTls::None,
-                        session_deadline,
-                        shutdown.clone(),
-                    )
-                    .await;
-                    return;
+                        replay_helo: helo,
+                        helo_name: dialogue.helo_name(),
+                    };
                 }
             }
         }
@@ -262,11 +291,11 @@ async fn pre_tls(
                 Err(_) => {
                     let _ = write(ctx, &mut tcp, reply::TIMEOUT.render(host).as_bytes()).await;
                     log_plain_end(peer, &dialogue, "timeout");
-                    return;
+                    return Plaintext::Closed;
                 }
                 Ok(Ok(0)) | Ok(Err(_)) => {
                     log_plain_end(peer, &dialogue, "client_closed");
-                    return;
+                    return Plaintext::Closed;
                 }
                 Ok(Ok(_)) => {
                     if looks_like_tls(codec.buffer()) {
@@ -285,14 +314,14 @@ async fn pre_tls(
                         let offered = offered.map_or("unknown", |v| v.as_str());
                         warn!(%peer, reason, client_max_version = offered, "TLS ClientHello received before STARTTLS; closing");
                         log_plain_end(peer, &dialogue, "implicit_tls_on_starttls_port");
-                        return;
+                        return Plaintext::Closed;
                     }
                 }
             },
             _ = shutdown.changed() => {
                 let _ = write(ctx, &mut tcp, reply::SHUTTING_DOWN.render(host).as_bytes()).await;
                 log_plain_end(peer, &dialogue, "shutdown");
-                return;
+                return Plaintext::Closed;
             }
         }
     }
@@ -327,7 +356,7 @@ async fn handshake<IO>(
     io: IO,
     peer: SocketAddr,
     shutdown: &watch::Receiver<bool>,
-) -> Option<(tokio_rustls::server::TlsStream<Replay<IO>>, TlsFacts)>
+) -> Option<(Box<tokio_rustls::server::TlsStream<Replay<IO>>>, TlsFacts)>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -367,7 +396,9 @@ where
                 cipher: info.cipher,
                 sni: info.sni,
             };
-            Some((stream, facts))
+            // Boxed: the session's futures pass it on by pointer, not as
+            // a copy of rustls's connection state in each of them.
+            Some((Box::new(stream), facts))
         }
         Err(e) => {
             let reason = e.reason();
@@ -392,7 +423,7 @@ where
 
 async fn post_tls<IO>(
     ctx: &ListenerContext,
-    stream: tokio_rustls::server::TlsStream<IO>,
+    stream: Box<tokio_rustls::server::TlsStream<IO>>,
     who: ClientIdentity,
     helo: Option<String>,
     tls: SessionTls,
@@ -449,8 +480,10 @@ async fn relay_to_backend<C>(
     // The connect, the XCLIENT name lookup and the backend greeting all
     // end with the grace: the client gets 421, not a reset.
     let proto = crate::backend::xclient::Proto::of_greeting(replay_helo.as_deref());
+    // Boxed: the connect (and the XCLIENT name lookup) is over before the
+    // relay starts, and its state need not be part of an idle session's.
     let connected = tokio::select! {
-        r = ctx.backend.connect(&who, proto) => r,
+        r = Box::pin(ctx.backend.connect(&who, proto)) => r,
         () = grace_over(&shutdown, ctx.timeouts.shutdown_grace) => {
             let _ = write(ctx, &mut client, shutting_down().as_bytes()).await;
             return;
