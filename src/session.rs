@@ -121,10 +121,11 @@ pub async fn run(
 ) {
     let _ = tcp.set_nodelay(true);
     let session_deadline = Instant::now() + ctx.timeouts.session;
-    let who = ClientIdentity {
+    // Built where a phase needs it, not held across the others.
+    let who = |tls| ClientIdentity {
         client: peer,
         local,
-        tls: None,
+        tls,
         helo: None,
     };
     let (tcp, helo, kind) = match ctx.mode {
@@ -142,7 +143,7 @@ pub async fn run(
                     relay_to_backend(
                         &ctx,
                         tcp,
-                        who,
+                        who(None),
                         input,
                         replay_helo,
                         helo_name,
@@ -156,17 +157,16 @@ pub async fn run(
             }
         }
     };
-    let tls = ctx.tls.clone();
-    let Some((stream, facts)) = Box::pin(handshake(&ctx, &tls, tcp, peer, &shutdown)).await else {
+    let Some((stream, facts)) = Box::pin(handshake(&ctx, &ctx.tls, tcp, peer, &shutdown)).await
+    else {
         return;
     };
-    post_tls(
+    relay_to_backend(
         &ctx,
         stream,
-        ClientIdentity {
-            tls: Some(facts),
-            ..who
-        },
+        who(Some(facts)),
+        Vec::new(),
+        None,
         helo,
         kind,
         session_deadline,
@@ -421,36 +421,11 @@ where
     }
 }
 
-async fn post_tls<IO>(
-    ctx: &ListenerContext,
-    stream: Box<tokio_rustls::server::TlsStream<IO>>,
-    who: ClientIdentity,
-    helo: Option<String>,
-    tls: SessionTls,
-    session_deadline: Instant,
-    shutdown: watch::Receiver<bool>,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin,
-{
-    relay_to_backend(
-        ctx,
-        stream,
-        who,
-        Vec::new(),
-        None,
-        helo,
-        tls,
-        session_deadline,
-        shutdown,
-    )
-    .await;
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn relay_to_backend<C>(
     ctx: &ListenerContext,
     mut client: C,
-    who: ClientIdentity,
+    mut who: ClientIdentity,
     input: Vec<u8>,
     replay_helo: Option<Vec<u8>>,
     helo_name: Option<String>,
@@ -463,66 +438,22 @@ async fn relay_to_backend<C>(
     let started = std::time::Instant::now();
     let peer = who.client;
     metrics::session(tls.as_str());
-    let who = ClientIdentity {
-        helo: helo_name.clone(),
-        ..who
-    };
-    let shutting_down = || {
-        info!(%peer, tls = tls.as_str(), outcome = "shutdown", messages = 0u64, "session");
-        reply::SHUTTING_DOWN.render(&ctx.hostname)
-    };
-    if *shutdown.borrow() {
-        // Begun during the drain (a handshake that finished late): no new
-        // backend work, the client retries elsewhere or later.
-        let _ = write(ctx, &mut client, shutting_down().as_bytes()).await;
+    who.helo = helo_name.clone();
+    // Boxed: the connect (with the XCLIENT name lookup) and its replies are
+    // over before the relay starts, and need not be part of the state an
+    // idle session keeps.
+    let Some(backend) = Box::pin(open_backend(
+        ctx,
+        &mut client,
+        &who,
+        replay_helo.as_deref(),
+        tls,
+        &shutdown,
+    ))
+    .await
+    else {
         return;
-    }
-    // The connect, the XCLIENT name lookup and the backend greeting all
-    // end with the grace: the client gets 421, not a reset.
-    let proto = crate::backend::xclient::Proto::of_greeting(replay_helo.as_deref());
-    // Boxed: the connect (and the XCLIENT name lookup) is over before the
-    // relay starts, and its state need not be part of an idle session's.
-    let connected = tokio::select! {
-        r = Box::pin(ctx.backend.connect(&who, proto)) => r,
-        () = grace_over(&shutdown, ctx.timeouts.shutdown_grace) => {
-            let _ = write(ctx, &mut client, shutting_down().as_bytes()).await;
-            return;
-        }
     };
-    let backend = match connected {
-        Ok(b) => b,
-        Err(crate::backend::BackendError::ClientRefused { server, reply }) => {
-            // The backend's verdict on this client (it knows who it is):
-            // the client gets it as is, and the session ends.
-            let _ = write(ctx, &mut client, &reply.to_bytes()).await;
-            info!(%peer, tls = tls.as_str(), backend = %ctx.backend.name, server = %server, code = reply.code, outcome = "backend_refused_client", messages = 0u64, "session");
-            return;
-        }
-        Err(e) => {
-            warn!(%peer, backend = %ctx.backend.name, error = %e, "no backend server available");
-            let _ = write(
-                ctx,
-                &mut client,
-                reply::BACKEND_UNAVAILABLE.render(&ctx.hostname).as_bytes(),
-            )
-            .await;
-            info!(%peer, tls = tls.as_str(), outcome = "backend_unavailable", messages = 0u64, "session");
-            return;
-        }
-    };
-    // Implicit TLS: the client waits for a greeting inside TLS, sent once
-    // the backend is known to be there (else the 421 above greets).
-    if tls == SessionTls::Implicit
-        && write(
-            ctx,
-            &mut client,
-            reply::GREETING.render(&ctx.hostname).as_bytes(),
-        )
-        .await
-        .is_err()
-    {
-        return;
-    }
     let server = backend.server.clone();
     let settings = RelaySettings {
         hostname: ctx.hostname.clone(),
@@ -541,6 +472,9 @@ async fn relay_to_backend<C>(
             tls: who.tls.clone(),
         }),
     };
+    // Not held for the session's life: the task keeps only what the
+    // relay uses.
+    drop(who);
     let stats: RelayStats = relay(client, input, replay_helo, backend, &settings, shutdown).await;
     // The name said last (after TLS, the client's second EHLO), and the
     // pre-TLS one too when it differs.
@@ -561,6 +495,78 @@ async fn relay_to_backend<C>(
         duration_ms = duration_ms(started.elapsed()),
         "session"
     );
+}
+
+/// Connects to the listener's backend for a session that is about to be
+/// relayed; `None` when the session ends here (the client got its reply,
+/// and the session its log line).
+async fn open_backend<C>(
+    ctx: &ListenerContext,
+    client: &mut C,
+    who: &ClientIdentity,
+    replay_helo: Option<&[u8]>,
+    tls: SessionTls,
+    shutdown: &watch::Receiver<bool>,
+) -> Option<crate::backend::BackendConn>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let peer = who.client;
+    let shutting_down = || {
+        info!(%peer, tls = tls.as_str(), outcome = "shutdown", messages = 0u64, "session");
+        reply::SHUTTING_DOWN.render(&ctx.hostname)
+    };
+    if *shutdown.borrow() {
+        // Begun during the drain (a handshake that finished late): no new
+        // backend work, the client retries elsewhere or later.
+        let _ = write(ctx, client, shutting_down().as_bytes()).await;
+        return None;
+    }
+    // The connect, the XCLIENT name lookup and the backend greeting all
+    // end with the grace: the client gets 421, not a reset.
+    let proto = crate::backend::xclient::Proto::of_greeting(replay_helo);
+    let connected = tokio::select! {
+        r = ctx.backend.connect(who, proto) => r,
+        () = grace_over(shutdown, ctx.timeouts.shutdown_grace) => {
+            let _ = write(ctx, client, shutting_down().as_bytes()).await;
+            return None;
+        }
+    };
+    let backend = match connected {
+        Ok(b) => b,
+        Err(crate::backend::BackendError::ClientRefused { server, reply }) => {
+            // The backend's verdict on this client (it knows who it is):
+            // the client gets it as is, and the session ends.
+            let _ = write(ctx, client, &reply.to_bytes()).await;
+            info!(%peer, tls = tls.as_str(), backend = %ctx.backend.name, server = %server, code = reply.code, outcome = "backend_refused_client", messages = 0u64, "session");
+            return None;
+        }
+        Err(e) => {
+            warn!(%peer, backend = %ctx.backend.name, error = %e, "no backend server available");
+            let _ = write(
+                ctx,
+                client,
+                reply::BACKEND_UNAVAILABLE.render(&ctx.hostname).as_bytes(),
+            )
+            .await;
+            info!(%peer, tls = tls.as_str(), outcome = "backend_unavailable", messages = 0u64, "session");
+            return None;
+        }
+    };
+    // Implicit TLS: the client waits for a greeting inside TLS, sent once
+    // the backend is known to be there (else the 421 above greets).
+    if tls == SessionTls::Implicit
+        && write(
+            ctx,
+            client,
+            reply::GREETING.render(&ctx.hostname).as_bytes(),
+        )
+        .await
+        .is_err()
+    {
+        return None;
+    }
+    Some(backend)
 }
 
 /// Writes to the client, bounded by the command timeout: a client that
