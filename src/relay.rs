@@ -343,8 +343,17 @@ impl Relay<'_> {
                 && !self.awaiting_reply()
                 && !self.closing
                 && self.in_flight.len() < MAX_IN_FLIGHT;
+            // One timer for the four deadlines (idle, session, content,
+            // drain): a timer is part of an idle session's state, and
+            // which deadline passed is known from which one is earliest.
             let content_deadline = self.content_deadline();
-            let far = self.settings.session_deadline;
+            let wake = [content_deadline, drain_deadline]
+                .into_iter()
+                .flatten()
+                .fold(
+                    idle_deadline.min(self.settings.session_deadline),
+                    Instant::min,
+                );
             tokio::select! {
                 res = read_into(cr, |data| self.codec.push(data)), if read_client => match res {
                     // The client may half-close after pipelining its last
@@ -368,25 +377,25 @@ impl Relay<'_> {
                         return self.fail(cw, reply::BACKEND_LOST, RelayEnd::BackendLost).await;
                     }
                 },
-                () = tokio::time::sleep_until(idle_deadline) => {
+                () = tokio::time::sleep_until(wake) => {
+                    if drain_deadline == Some(wake) {
+                        return self.fail(cw, reply::SHUTTING_DOWN, RelayEnd::Shutdown).await;
+                    }
+                    if content_deadline == Some(wake) {
+                        // The backend connection is dropped without a
+                        // terminator: it keeps nothing of the message.
+                        debug!("message content not complete within the data timeout");
+                        return self.fail(cw, reply::TIMEOUT, RelayEnd::Timeout).await;
+                    }
+                    if wake == self.settings.session_deadline {
+                        return self.fail(cw, reply::TIMEOUT, RelayEnd::Timeout).await;
+                    }
                     if self.in_flight.is_empty() || !self.client_owes_nothing() {
                         debug!("client idle past the command timeout");
                         return self.fail(cw, reply::TIMEOUT, RelayEnd::Timeout).await;
                     }
                     warn!(server = %self.server, timeout = ?idle_limit, "backend did not answer in time");
                     return self.fail(cw, reply::BACKEND_LOST, RelayEnd::BackendLost).await;
-                }
-                () = tokio::time::sleep_until(self.settings.session_deadline) => {
-                    return self.fail(cw, reply::TIMEOUT, RelayEnd::Timeout).await;
-                }
-                () = tokio::time::sleep_until(content_deadline.unwrap_or(far)), if content_deadline.is_some() => {
-                    // The backend connection is dropped without a
-                    // terminator: it keeps nothing of the message.
-                    debug!("message content not complete within the data timeout");
-                    return self.fail(cw, reply::TIMEOUT, RelayEnd::Timeout).await;
-                }
-                () = tokio::time::sleep_until(drain_deadline.unwrap_or(far)), if drain_deadline.is_some() => {
-                    return self.fail(cw, reply::SHUTTING_DOWN, RelayEnd::Shutdown).await;
                 }
                 _ = shutdown.changed(), if drain_deadline.is_none() => {}
             }

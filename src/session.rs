@@ -86,7 +86,32 @@ impl SessionTls {
     }
 }
 
+/// What the plaintext part of a session ended in.
+enum Plaintext {
+    /// The session is over (QUIT, an error, a timeout, shutdown); logged.
+    Closed,
+    /// `220 Ready to start TLS` sent: the handshake comes next.
+    StartTls {
+        tcp: TcpStream,
+        helo: Option<String>,
+    },
+    /// A transaction begun in plaintext on an opportunistic listener: it is
+    /// relayed in plaintext, starting with what the client already sent.
+    Relay {
+        tcp: TcpStream,
+        input: Vec<u8>,
+        replay_helo: Option<Vec<u8>>,
+        helo_name: Option<String>,
+    },
+}
+
 /// Runs one connection to its end.
+///
+/// The task is sized for its largest phase, and an idle session spends
+/// its life in the relay: the plaintext dialogue returns (its codec and
+/// state dropped) before the handshake, and the handshake (rustls's
+/// acceptor, the ClientHello buffer) runs in an allocation of its own,
+/// freed when it ends (docs/memory.md).
 pub async fn run(
     ctx: Arc<ListenerContext>,
     tcp: TcpStream,
@@ -96,44 +121,70 @@ pub async fn run(
 ) {
     let _ = tcp.set_nodelay(true);
     let session_deadline = Instant::now() + ctx.timeouts.session;
-    let who = ClientIdentity {
+    // Built where a phase needs it, not held across the others.
+    let who = |tls| ClientIdentity {
         client: peer,
         local,
-        tls: None,
+        tls,
         helo: None,
     };
-    match ctx.mode {
-        ListenerMode::Implicit => {
-            let tls = ctx.tls.clone();
-            if let Some((stream, facts)) = handshake(&ctx, &tls, tcp, peer, &shutdown).await {
-                post_tls(
-                    &ctx,
-                    stream,
-                    ClientIdentity {
-                        tls: Some(facts),
-                        ..who
-                    },
-                    None,
-                    SessionTls::Implicit,
-                    session_deadline,
-                    shutdown,
-                )
-                .await;
+    let (tcp, helo, kind) = match ctx.mode {
+        ListenerMode::Implicit => (tcp, None, SessionTls::Implicit),
+        ListenerMode::Starttls => {
+            match pre_tls(&ctx, tcp, peer, &mut shutdown, session_deadline).await {
+                Plaintext::Closed => return,
+                Plaintext::StartTls { tcp, helo } => (tcp, helo, SessionTls::Starttls),
+                Plaintext::Relay {
+                    tcp,
+                    input,
+                    replay_helo,
+                    helo_name,
+                } => {
+                    relay_to_backend(
+                        &ctx,
+                        tcp,
+                        who(None),
+                        input,
+                        replay_helo,
+                        helo_name,
+                        SessionTls::None,
+                        session_deadline,
+                        shutdown,
+                    )
+                    .await;
+                    return;
+                }
             }
         }
-        ListenerMode::Starttls => pre_tls(&ctx, tcp, who, &mut shutdown, session_deadline).await,
-    }
+    };
+    let Some((stream, facts)) = Box::pin(handshake(&ctx, &ctx.tls, tcp, peer, &shutdown)).await
+    else {
+        return;
+    };
+    relay_to_backend(
+        &ctx,
+        stream,
+        who(Some(facts)),
+        Vec::new(),
+        None,
+        helo,
+        kind,
+        session_deadline,
+        shutdown,
+    )
+    .await;
 }
 
+/// The SMTP dialogue before TLS, up to STARTTLS, a plaintext
+/// transaction or the end of the session.
 async fn pre_tls(
-    ctx: &Arc<ListenerContext>,
+    ctx: &ListenerContext,
     mut tcp: TcpStream,
-    who: ClientIdentity,
+    peer: SocketAddr,
     shutdown: &mut watch::Receiver<bool>,
     session_deadline: Instant,
-) {
+) -> Plaintext {
     let host = ctx.hostname.as_str();
-    let peer = who.client;
     let health = ctx.backend.health();
     if health.all_down() {
         // No server answered its last probe: a session could only end in
@@ -146,7 +197,7 @@ async fn pre_tls(
         )
         .await;
         info!(%peer, tls = "none", outcome = "backend_down", messages = 0u64, "session");
-        return;
+        return Plaintext::Closed;
     }
     let mut dialogue = PreTlsDialogue::new(host, ctx.tls_policy, ctx.limits.max_errors)
         .with_extensions(health.extensions());
@@ -155,7 +206,7 @@ async fn pre_tls(
         .await
         .is_err()
     {
-        return;
+        return Plaintext::Closed;
     }
     // The command timeout runs from the last complete line, not the last
     // byte: a client dribbling one byte at a time is still idle.
@@ -167,18 +218,18 @@ async fn pre_tls(
             if codec.last_line_bare_lf() && ctx.limits.bare_newline == BareNewline::Strict {
                 let _ = write(ctx, &mut tcp, reply::BARE_LF.render(host).as_bytes()).await;
                 log_plain_end(peer, &dialogue, "bare_newline");
-                return;
+                return Plaintext::Closed;
             }
             match dialogue.on_line(line) {
                 Action::Reply(r) => {
                     if write(ctx, &mut tcp, r.as_bytes()).await.is_err() {
-                        return;
+                        return Plaintext::Closed;
                     }
                 }
                 Action::Discard { reply, bytes } => {
                     codec.skip(bytes);
                     if write(ctx, &mut tcp, reply.as_bytes()).await.is_err() {
-                        return;
+                        return Plaintext::Closed;
                     }
                 }
                 Action::Close(r) => {
@@ -192,7 +243,7 @@ async fn pre_tls(
                             "too_many_errors"
                         },
                     );
-                    return;
+                    return Plaintext::Closed;
                 }
                 Action::StartTls => {
                     if write(
@@ -203,7 +254,7 @@ async fn pre_tls(
                     .await
                     .is_err()
                     {
-                        return;
+                        return Plaintext::Closed;
                     }
                     // Bytes that arrived with or after STARTTLS were sent
                     // before the handshake: never read them as commands
@@ -213,43 +264,21 @@ async fn pre_tls(
                         metrics::starttls_injection(&ctx.address.to_string());
                         warn!(%peer, discarded = discarded.len(), "dropped bytes pipelined after STARTTLS");
                     }
-                    let helo = dialogue.helo_name();
-                    let tls = ctx.tls.clone();
-                    if let Some((stream, facts)) = handshake(ctx, &tls, tcp, peer, shutdown).await {
-                        post_tls(
-                            ctx,
-                            stream,
-                            ClientIdentity {
-                                tls: Some(facts),
-                                ..who
-                            },
-                            helo,
-                            SessionTls::Starttls,
-                            session_deadline,
-                            shutdown.clone(),
-                        )
-                        .await;
-                    }
-                    return;
+                    return Plaintext::StartTls {
+                        tcp,
+                        helo: dialogue.helo_name(),
+                    };
                 }
                 Action::Relay { helo, line } => {
                     let mut input = line;
                     input.extend_from_slice(b"\r\n");
                     input.extend_from_slice(&codec.take_buffered());
-                    let helo_name = dialogue.helo_name();
-                    relay_to_backend(
-                        ctx,
+                    return Plaintext::Relay {
                         tcp,
-                        who,
                         input,
-                        helo,
-                        helo_name,
-                        SessionTls::None,
-                        session_deadline,
-                        shutdown.clone(),
-                    )
-                    .await;
-                    return;
+                        replay_helo: helo,
+                        helo_name: dialogue.helo_name(),
+                    };
                 }
             }
         }
@@ -262,11 +291,11 @@ async fn pre_tls(
                 Err(_) => {
                     let _ = write(ctx, &mut tcp, reply::TIMEOUT.render(host).as_bytes()).await;
                     log_plain_end(peer, &dialogue, "timeout");
-                    return;
+                    return Plaintext::Closed;
                 }
                 Ok(Ok(0)) | Ok(Err(_)) => {
                     log_plain_end(peer, &dialogue, "client_closed");
-                    return;
+                    return Plaintext::Closed;
                 }
                 Ok(Ok(_)) => {
                     if looks_like_tls(codec.buffer()) {
@@ -285,14 +314,14 @@ async fn pre_tls(
                         let offered = offered.map_or("unknown", |v| v.as_str());
                         warn!(%peer, reason, client_max_version = offered, "TLS ClientHello received before STARTTLS; closing");
                         log_plain_end(peer, &dialogue, "implicit_tls_on_starttls_port");
-                        return;
+                        return Plaintext::Closed;
                     }
                 }
             },
             _ = shutdown.changed() => {
                 let _ = write(ctx, &mut tcp, reply::SHUTTING_DOWN.render(host).as_bytes()).await;
                 log_plain_end(peer, &dialogue, "shutdown");
-                return;
+                return Plaintext::Closed;
             }
         }
     }
@@ -327,7 +356,7 @@ async fn handshake<IO>(
     io: IO,
     peer: SocketAddr,
     shutdown: &watch::Receiver<bool>,
-) -> Option<(tokio_rustls::server::TlsStream<Replay<IO>>, TlsFacts)>
+) -> Option<(Box<tokio_rustls::server::TlsStream<Replay<IO>>>, TlsFacts)>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -367,7 +396,9 @@ where
                 cipher: info.cipher,
                 sni: info.sni,
             };
-            Some((stream, facts))
+            // Boxed: the session's futures pass it on by pointer, not as
+            // a copy of rustls's connection state in each of them.
+            Some((Box::new(stream), facts))
         }
         Err(e) => {
             let reason = e.reason();
@@ -390,36 +421,11 @@ where
     }
 }
 
-async fn post_tls<IO>(
-    ctx: &ListenerContext,
-    stream: tokio_rustls::server::TlsStream<IO>,
-    who: ClientIdentity,
-    helo: Option<String>,
-    tls: SessionTls,
-    session_deadline: Instant,
-    shutdown: watch::Receiver<bool>,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin,
-{
-    relay_to_backend(
-        ctx,
-        stream,
-        who,
-        Vec::new(),
-        None,
-        helo,
-        tls,
-        session_deadline,
-        shutdown,
-    )
-    .await;
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn relay_to_backend<C>(
     ctx: &ListenerContext,
     mut client: C,
-    who: ClientIdentity,
+    mut who: ClientIdentity,
     input: Vec<u8>,
     replay_helo: Option<Vec<u8>>,
     helo_name: Option<String>,
@@ -432,64 +438,22 @@ async fn relay_to_backend<C>(
     let started = std::time::Instant::now();
     let peer = who.client;
     metrics::session(tls.as_str());
-    let who = ClientIdentity {
-        helo: helo_name.clone(),
-        ..who
-    };
-    let shutting_down = || {
-        info!(%peer, tls = tls.as_str(), outcome = "shutdown", messages = 0u64, "session");
-        reply::SHUTTING_DOWN.render(&ctx.hostname)
-    };
-    if *shutdown.borrow() {
-        // Begun during the drain (a handshake that finished late): no new
-        // backend work, the client retries elsewhere or later.
-        let _ = write(ctx, &mut client, shutting_down().as_bytes()).await;
+    who.helo = helo_name.clone();
+    // Boxed: the connect (with the XCLIENT name lookup) and its replies are
+    // over before the relay starts, and need not be part of the state an
+    // idle session keeps.
+    let Some(backend) = Box::pin(open_backend(
+        ctx,
+        &mut client,
+        &who,
+        replay_helo.as_deref(),
+        tls,
+        &shutdown,
+    ))
+    .await
+    else {
         return;
-    }
-    // The connect, the XCLIENT name lookup and the backend greeting all
-    // end with the grace: the client gets 421, not a reset.
-    let proto = crate::backend::xclient::Proto::of_greeting(replay_helo.as_deref());
-    let connected = tokio::select! {
-        r = ctx.backend.connect(&who, proto) => r,
-        () = grace_over(&shutdown, ctx.timeouts.shutdown_grace) => {
-            let _ = write(ctx, &mut client, shutting_down().as_bytes()).await;
-            return;
-        }
     };
-    let backend = match connected {
-        Ok(b) => b,
-        Err(crate::backend::BackendError::ClientRefused { server, reply }) => {
-            // The backend's verdict on this client (it knows who it is):
-            // the client gets it as is, and the session ends.
-            let _ = write(ctx, &mut client, &reply.to_bytes()).await;
-            info!(%peer, tls = tls.as_str(), backend = %ctx.backend.name, server = %server, code = reply.code, outcome = "backend_refused_client", messages = 0u64, "session");
-            return;
-        }
-        Err(e) => {
-            warn!(%peer, backend = %ctx.backend.name, error = %e, "no backend server available");
-            let _ = write(
-                ctx,
-                &mut client,
-                reply::BACKEND_UNAVAILABLE.render(&ctx.hostname).as_bytes(),
-            )
-            .await;
-            info!(%peer, tls = tls.as_str(), outcome = "backend_unavailable", messages = 0u64, "session");
-            return;
-        }
-    };
-    // Implicit TLS: the client waits for a greeting inside TLS, sent once
-    // the backend is known to be there (else the 421 above greets).
-    if tls == SessionTls::Implicit
-        && write(
-            ctx,
-            &mut client,
-            reply::GREETING.render(&ctx.hostname).as_bytes(),
-        )
-        .await
-        .is_err()
-    {
-        return;
-    }
     let server = backend.server.clone();
     let settings = RelaySettings {
         hostname: ctx.hostname.clone(),
@@ -508,6 +472,9 @@ async fn relay_to_backend<C>(
             tls: who.tls.clone(),
         }),
     };
+    // Not held for the session's life: the task keeps only what the
+    // relay uses.
+    drop(who);
     let stats: RelayStats = relay(client, input, replay_helo, backend, &settings, shutdown).await;
     // The name said last (after TLS, the client's second EHLO), and the
     // pre-TLS one too when it differs.
@@ -528,6 +495,78 @@ async fn relay_to_backend<C>(
         duration_ms = duration_ms(started.elapsed()),
         "session"
     );
+}
+
+/// Connects to the listener's backend for a session that is about to be
+/// relayed; `None` when the session ends here (the client got its reply,
+/// and the session its log line).
+async fn open_backend<C>(
+    ctx: &ListenerContext,
+    client: &mut C,
+    who: &ClientIdentity,
+    replay_helo: Option<&[u8]>,
+    tls: SessionTls,
+    shutdown: &watch::Receiver<bool>,
+) -> Option<crate::backend::BackendConn>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let peer = who.client;
+    let shutting_down = || {
+        info!(%peer, tls = tls.as_str(), outcome = "shutdown", messages = 0u64, "session");
+        reply::SHUTTING_DOWN.render(&ctx.hostname)
+    };
+    if *shutdown.borrow() {
+        // Begun during the drain (a handshake that finished late): no new
+        // backend work, the client retries elsewhere or later.
+        let _ = write(ctx, client, shutting_down().as_bytes()).await;
+        return None;
+    }
+    // The connect, the XCLIENT name lookup and the backend greeting all
+    // end with the grace: the client gets 421, not a reset.
+    let proto = crate::backend::xclient::Proto::of_greeting(replay_helo);
+    let connected = tokio::select! {
+        r = ctx.backend.connect(who, proto) => r,
+        () = grace_over(shutdown, ctx.timeouts.shutdown_grace) => {
+            let _ = write(ctx, client, shutting_down().as_bytes()).await;
+            return None;
+        }
+    };
+    let backend = match connected {
+        Ok(b) => b,
+        Err(crate::backend::BackendError::ClientRefused { server, reply }) => {
+            // The backend's verdict on this client (it knows who it is):
+            // the client gets it as is, and the session ends.
+            let _ = write(ctx, client, &reply.to_bytes()).await;
+            info!(%peer, tls = tls.as_str(), backend = %ctx.backend.name, server = %server, code = reply.code, outcome = "backend_refused_client", messages = 0u64, "session");
+            return None;
+        }
+        Err(e) => {
+            warn!(%peer, backend = %ctx.backend.name, error = %e, "no backend server available");
+            let _ = write(
+                ctx,
+                client,
+                reply::BACKEND_UNAVAILABLE.render(&ctx.hostname).as_bytes(),
+            )
+            .await;
+            info!(%peer, tls = tls.as_str(), outcome = "backend_unavailable", messages = 0u64, "session");
+            return None;
+        }
+    };
+    // Implicit TLS: the client waits for a greeting inside TLS, sent once
+    // the backend is known to be there (else the 421 above greets).
+    if tls == SessionTls::Implicit
+        && write(
+            ctx,
+            client,
+            reply::GREETING.render(&ctx.hostname).as_bytes(),
+        )
+        .await
+        .is_err()
+    {
+        return None;
+    }
+    Some(backend)
 }
 
 /// Writes to the client, bounded by the command timeout: a client that
