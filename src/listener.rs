@@ -194,7 +194,6 @@ pub async fn serve(
     table: Arc<ConnectionTable>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let listener_label = ctx.address.to_string();
     loop {
         let (tcp, peer) = tokio::select! {
             res = listener.accept() => match res {
@@ -212,7 +211,7 @@ pub async fn serve(
             }
         };
         let peer = canonical(peer);
-        metrics::connection_accepted(&listener_label);
+        metrics::connection_accepted(&ctx.label);
         let local = tcp.local_addr().unwrap_or(ctx.address);
         let Some(pp) = ctx.proxy_protocol.clone() else {
             match table.admit_unknown(ctx.limits.max_connections) {

@@ -32,6 +32,8 @@ use crate::tls::hello::{self, Progress, Replay};
 pub struct ListenerContext {
     pub hostname: String,
     pub address: SocketAddr,
+    /// `address` as the `listener` label of metrics, made once.
+    pub label: Arc<str>,
     pub mode: ListenerMode,
     pub tls_policy: TlsPolicy,
     pub backend: Arc<Backend>,
@@ -261,7 +263,7 @@ async fn pre_tls(
                     // (CVE-2011-0411 class).
                     let discarded = codec.take_buffered();
                     if !discarded.is_empty() {
-                        metrics::starttls_injection(&ctx.address.to_string());
+                        metrics::starttls_injection(&ctx.label);
                         warn!(%peer, discarded = discarded.len(), "dropped bytes pipelined after STARTTLS");
                     }
                     return Plaintext::StartTls {
@@ -460,7 +462,7 @@ async fn relay_to_backend<C>(
         line_limit: ctx.limits.line_length,
         max_errors: ctx.limits.max_errors,
         bare_newline: ctx.limits.bare_newline,
-        listener: Arc::from(ctx.address.to_string()),
+        listener: ctx.label.clone(),
         command_timeout: ctx.timeouts.command,
         stress: Some((ctx.stress.clone(), ctx.timeouts.stress)),
         data_timeout: ctx.timeouts.data,

@@ -123,6 +123,7 @@ async fn serve(
         let ctx = Arc::new(ListenerContext {
             hostname: config.hostname.clone(),
             address: bound,
+            label: Arc::from(bound.to_string()),
             mode: l.mode,
             tls_policy: l.tls,
             backend: backends[l.backend].clone(),

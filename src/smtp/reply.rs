@@ -115,7 +115,15 @@ pub struct ReplyParser {
     lines: Vec<Vec<u8>>,
 }
 
+/// RFC 5321 allows 512 octets; real servers send longer texts.
+pub const MAX_REPLY_LINE: usize = 16 * 1024;
+pub const MAX_REPLY_LINES: usize = 1000;
+
 impl ReplyParser {
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
     /// Frees the buffers if nothing is pending and they grew past a
     /// small reply (a long EHLO answer, a burst of pipelined replies).
     pub fn release_if_empty(&mut self) {
@@ -127,16 +135,6 @@ impl ReplyParser {
                 self.lines = Vec::new();
             }
         }
-    }
-}
-
-/// RFC 5321 allows 512 octets; real servers send longer texts.
-pub const MAX_REPLY_LINE: usize = 16 * 1024;
-pub const MAX_REPLY_LINES: usize = 1000;
-
-impl ReplyParser {
-    pub fn push(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
     }
 
     /// The next complete reply, if any.
