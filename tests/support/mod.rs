@@ -1149,6 +1149,16 @@ pub struct DnsServer {
 
 impl DnsServer {
     pub fn start(records: &[&str]) -> DnsServer {
+        Self::with_zones(&["sender.test", "113.0.203.in-addr.arpa"], records)
+    }
+
+    /// A dnsmasq answering for `zones` only from `records`, which are
+    /// dnsmasq options: `--host-record=mx1.example.test,127.0.0.2,::1`,
+    /// `--mx-host=example.test,mx1.example.test,10`,
+    /// `--txt-record=_mta-sts.example.test,v=STSv1; id=1`,
+    /// `--dns-rr=_25._tcp.mx1.example.test,52,030101<hex>` (TLSA),
+    /// `--ptr-record=…`. Names in `zones` without a record are NXDOMAIN.
+    pub fn with_zones(zones: &[&str], records: &[&str]) -> DnsServer {
         let port = {
             // A free UDP port (dnsmasq also binds TCP on it).
             let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -1166,9 +1176,8 @@ impl DnsServer {
                 "--log-facility=-",
                 "--listen-address=127.0.0.1",
                 "--bind-interfaces",
-                "--local=/sender.test/",
-                "--local=/113.0.203.in-addr.arpa/",
             ])
+            .args(zones.iter().map(|z| format!("--local=/{z}/")))
             .arg(format!("--port={port}"))
             .args(records)
             .stdout(Stdio::null())
