@@ -395,7 +395,7 @@ fn received_header_records_the_tls_facts_for_data_and_bdat() {
     let (trace, rest) = body.split_once(";\r\n\t").unwrap();
     assert_eq!(
         trace,
-        "Received: from client.test ([127.0.0.1])\r\n\tby mx1.example.test (starttls-proxy) with ESMTPS\r\n\t(using TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384, SNI mx1.example.test)"
+        "Received: from client.test ([127.0.0.1])\r\n\tby mx1.example.test (starttls-proxy) with ESMTPS\r\n\t(using TLSv1.3 with cipher TLS13_AES_128_GCM_SHA256, SNI mx1.example.test)"
     );
     let (_date, original) = rest.split_once("\r\n").unwrap();
     assert_eq!(original, "Subject: traced\r\n\r\nbody\r\n");

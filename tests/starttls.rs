@@ -334,3 +334,38 @@ fn tls12_client_with_only_rsa_suites_gets_the_rsa_certificate() {
     assert!(out.contains("Peer signature type: RSA"), "{out}");
     assert_eq!(proxy.wait_log("tls handshake", 1)["certificate"], "mx1");
 }
+
+#[test]
+fn server_order_prefers_aes128_over_the_clients_aes256() {
+    // OpenSSL lists TLS_AES_256_GCM_SHA384 first for TLS 1.3 and the
+    // AES-256 suites first for TLS 1.2; the proxy's own order (AES-128-GCM,
+    // SHA-256 handshake hash: src/tls/provider.rs) decides.
+    let proxy = Proxy::start(ProxyConfig::sink());
+    let out = strict(&proxy, Some("mx1.example.test"), "mx1.example.test", &[]);
+    assert!(out.contains("Cipher is TLS_AES_128_GCM_SHA256"), "{out}");
+    let out = strict(
+        &proxy,
+        Some("mx1.example.test"),
+        "mx1.example.test",
+        &[
+            "-tls1_2",
+            "-cipher",
+            "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256",
+        ],
+    );
+    assert!(out.contains("Cipher is ECDHE-"), "{out}");
+    assert!(out.contains("-AES128-GCM-SHA256"), "{out}");
+    assert_eq!(
+        proxy.wait_log("tls handshake", 2)["cipher"],
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"
+    );
+
+    // A client that offers only AES-256 still gets it.
+    let out = strict(
+        &proxy,
+        Some("mx1.example.test"),
+        "mx1.example.test",
+        &["-ciphersuites", "TLS_AES_256_GCM_SHA384"],
+    );
+    assert!(out.contains("Cipher is TLS_AES_256_GCM_SHA384"), "{out}");
+}
