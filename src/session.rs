@@ -435,7 +435,7 @@ async fn relay_to_backend<C>(
     session_deadline: Instant,
     shutdown: watch::Receiver<bool>,
 ) where
-    C: AsyncRead + AsyncWrite + Unpin,
+    C: crate::relay::Closing,
 {
     let started = std::time::Instant::now();
     let peer = who.client;

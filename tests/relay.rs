@@ -708,3 +708,29 @@ fn a_plaintext_smtputf8_sender_delivers_to_the_sink() {
     assert!(m.starts_with("Return-Path: <ü@example.test>\r\n"), "{m}");
     assert!(m.contains("Subject: grüße\r\n"), "{m}");
 }
+
+#[test]
+fn reply_to_quit_then_a_clean_tls_close() {
+    // The reply to QUIT and the close_notify alert leave in one write
+    // (src/relay.rs, `Closing`): the reply must come first and whole, and
+    // the close must be TLS's own (close_notify), not just TCP's FIN.
+    use std::io::{Read, Write};
+    let proxy = Proxy::start(ProxyConfig::sink());
+    let (mut conn, mut tcp) = starttls_handshake(&proxy, accept_any_certificate_config());
+    let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+    tls.write_all(b"EHLO client.test\r\nQUIT\r\n").unwrap();
+    let mut all = Vec::new();
+    let end = loop {
+        let mut buf = [0u8; 4096];
+        match tls.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(e) => break Err(e),
+        }
+    };
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("250-"), "{text}");
+    assert!(text.ends_with("\r\n221 2.0.0 Bye\r\n"), "{text}");
+    assert!(end.is_ok(), "no close_notify after the 221: {end:?}");
+    assert_eq!(proxy.wait_log("session", 1)["outcome"], "quit");
+}
