@@ -26,12 +26,13 @@
 #   RSS per idle session    (VmRSS held − VmRSS before) ÷ IDLE_SESSIONS, after
 #                           STARTTLS and EHLO; and VmRSS after they close
 #   p99 added, 4 KiB        p99 of the 64 × 4 KiB transactions minus the p99 of
-#                           the same load sent to smtp-sink directly (plaintext)
+#                           the same load sent to smtp-sink directly (plaintext);
+#                           once flat out, once at PACED_RATE messages/s
 #   crypto ceiling          openssl speed on SERVER_CPU: P-256 and RSA-2048
 #                           sign/s, X25519 op/s
 #
 # Env: R (rounds, 3), TARGETS ("proxy nginx stunnel postfix"), HS_DURATION (s, 3),
-#   HS_CONCURRENCY (128), MSG_DURATION (s, 4), IDLE_SESSIONS (2000),
+#   HS_CONCURRENCY (128), MSG_DURATION (s, 4), PACED_RATE (/s, 500), IDLE_SESSIONS (2000),
 #   IDLE_HOLD (s, 2), SERVER_CPU (1), LOAD_CPU (0), BASE_PORT (23000),
 #   PROXY_LOG_LEVEL (info), OUT (benches/results), KEEP=1 keeps the work dir.
 # Output: the markdown table on stdout and in OUT/compare-<date>.md, every
@@ -52,6 +53,9 @@ TARGETS=${TARGETS:-"proxy nginx stunnel postfix"}
 HS_DURATION=${HS_DURATION:-3}
 HS_CONCURRENCY=${HS_CONCURRENCY:-128}
 MSG_DURATION=${MSG_DURATION:-4}
+# The fixed offered load of the paced 4 KiB run (messages/s over 64
+# sessions): below every server's saturation, so p99 is latency, not queueing.
+PACED_RATE=${PACED_RATE:-500}
 IDLE_SESSIONS=${IDLE_SESSIONS:-2000}
 IDLE_HOLD=${IDLE_HOLD:-2}
 SERVER_CPU=${SERVER_CPU:-1}
@@ -322,6 +326,8 @@ for round in $(seq "$R"); do
       --size 1048576 --messages 20 --duration "$MSG_DURATION"
     measure "$t.r$round.msg_4k" message --target "127.0.0.1:$port" --concurrency 64 \
       --size 4096 --messages 100 --duration "$MSG_DURATION"
+    measure "$t.r$round.msg_4k_paced" message --target "127.0.0.1:$port" --concurrency 64 \
+      --size 4096 --messages 100 --duration "$MSG_DURATION" --rate "$PACED_RATE"
     # Postfix forks an smtpd per session: 2,000 idle sessions are 2,000 processes.
     [ "$t" = postfix ] || measure_idle "$t.r$round.idle" "$port"
     stop_server
@@ -337,6 +343,8 @@ for round in $(seq "$R"); do
   SERVER_PID=$SINK_PID
   measure "direct.r$round.msg_4k" message --target "127.0.0.1:$SINK_PORT" --plain \
     --concurrency 64 --size 4096 --messages 100 --duration "$MSG_DURATION"
+  measure "direct.r$round.msg_4k_paced" message --target "127.0.0.1:$SINK_PORT" --plain \
+    --concurrency 64 --size 4096 --messages 100 --duration "$MSG_DURATION" --rate "$PACED_RATE"
   SERVER_PID=""
 done
 
@@ -358,11 +366,12 @@ versions=$(printf 'starttls-proxy %s (%s); nginx %s; %s; Postfix %s; %s; %s' \
   "$(rustc --version | cut -d' ' -f1-2)")
 python3 - "$WORK" "$OUT/compare-$stamp" "$TARGETS" "$R" "$machine" "$versions" \
   "$HS_CONCURRENCY" "$HS_DURATION" "$MSG_DURATION" "$IDLE_SESSIONS" "$SERVER_CPU" "$LOAD_CPU" \
-  "$(( $(date +%s) - started ))" <<'PY'
+  "$(( $(date +%s) - started ))" "$PACED_RATE" <<'PY'
 import glob, json, os, re, statistics, sys, datetime
 work, out, targets, R, machine, versions = sys.argv[1], sys.argv[2], sys.argv[3].split(), int(sys.argv[4]), sys.argv[5], sys.argv[6]
 hs_conc, hs_dur, msg_dur, idle_n, scpu, lcpu, took = sys.argv[7:14]
 idle_n = int(idle_n)
+paced_rate = float(sys.argv[14])
 runs = {}
 for p in glob.glob(f"{work}/runs/*.json"):
     runs[os.path.basename(p)[:-5]] = json.load(open(p))
@@ -387,9 +396,12 @@ def idle_after(t, r):
 def idle_before(t, r):
     x = get(t, r, "idle")
     return x and x["rss_before_kib"] / 1024
-def p99_added(t, r):
-    x, d = get(t, r, "msg_4k"), runs.get(f"direct.r{r}.msg_4k")
-    return x and d and x["latency_ms"]["p99"] is not None and x["latency_ms"]["p99"] - d["latency_ms"]["p99"]
+def p99_added_at(kind):
+    def f(t, r):
+        x, d = get(t, r, kind), runs.get(f"direct.r{r}.{kind}")
+        return x and d and x["latency_ms"]["p99"] is not None and x["latency_ms"]["p99"] - d["latency_ms"]["p99"]
+    return f
+p99_added = p99_added_at("msg_4k")
 figures = []
 for k, kt in (("ecdsa", "ECDSA"), ("rsa", "RSA")):
     for v in ("1.3", "1.2"):
@@ -411,6 +423,8 @@ figures += [
     ("busy_msg_4k", "server core busy, 64 × 4 KiB", "%", busy("msg_4k"), False),
     ("p99_4k", "p99 per 4 KiB transaction (64 sessions)", "ms", lambda t, r: (x := get(t, r, "msg_4k")) and x["latency_ms"]["p99"], False),
     ("p99_added_4k", "p99 added over smtp-sink direct, 4 KiB", "ms", p99_added, False),
+    ("p99_4k_paced", f"p99 per 4 KiB transaction at {paced_rate:g}/s (64 sessions)", "ms", lambda t, r: (x := get(t, r, "msg_4k_paced")) and x["latency_ms"]["p99"], False),
+    ("p99_added_4k_paced", f"p99 added over smtp-sink direct, 4 KiB at {paced_rate:g}/s", "ms", p99_added_at("msg_4k_paced"), False),
     ("idle_rss_per_session", f"RSS per idle TLS session ({idle_n} held)", "KiB", idle_per, False),
     ("idle_rss_before", "RSS before the idle sessions", "MiB", idle_before, False),
     ("idle_rss_after", "RSS after they closed", "MiB", idle_after, False),

@@ -119,6 +119,32 @@ fn handshake_and_message_modes_report_consistent_json() {
 }
 
 #[test]
+fn rate_limits_the_offered_load() {
+    // 40 messages/s for 0.5 s on 4 connections: at most 20 start (slots
+    // 25 ms apart from the first ready session on; never made up for);
+    // unpaced, 4 connections to the sink do hundreds in that time.
+    let proxy = Proxy::start(ProxyConfig::sink());
+    let r = loadgen(
+        &proxy,
+        &[
+            "message",
+            "--concurrency",
+            "4",
+            "--rate",
+            "40",
+            "--duration",
+            "0.5",
+        ],
+    );
+    let completed = check_common(&r, "message");
+    assert_eq!(r["parameters"]["rate_limit"], 40.0, "{r}");
+    assert!(
+        (18..=20).contains(&completed),
+        "{completed} messages at 40/s for 0.5 s: {r}"
+    );
+}
+
+#[test]
 fn refuses_targets_off_loopback_and_bad_arguments() {
     for args in [
         &["handshake", "--target", "192.0.2.1:25", "--insecure"][..],
@@ -130,6 +156,14 @@ fn refuses_targets_off_loopback_and_bad_arguments() {
             "--insecure",
             "--size",
             "10",
+        ][..],
+        &[
+            "message",
+            "--target",
+            "127.0.0.1:25",
+            "--insecure",
+            "--rate",
+            "0",
         ][..],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_starttls-loadgen"))

@@ -147,6 +147,11 @@ struct Bounds {
     /// Stop after this many handshakes (handshake) or messages (message).
     #[arg(long)]
     count: Option<u64>,
+    /// Start at most this many handshakes or messages per second, evenly
+    /// spaced (default: as fast as the connections go). Latency at a fixed
+    /// load below saturation, without queueing in it.
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -290,18 +295,63 @@ struct Budget {
     deadline: Instant,
     count: Option<u64>,
     issued: AtomicU64,
+    /// `--rate`: the interval between starts, and when the next may start.
+    pace: Option<(Duration, std::sync::Mutex<Instant>)>,
 }
 
 impl Budget {
-    /// Claims one operation; false once the count or the deadline is reached.
-    fn claim(&self) -> bool {
+    fn new(deadline: Instant, count: Option<u64>, rate: Option<f64>) -> Budget {
+        Budget {
+            deadline,
+            count,
+            issued: AtomicU64::new(0),
+            pace: rate.map(|r| {
+                (
+                    Duration::from_secs_f64(1.0 / r),
+                    std::sync::Mutex::new(Instant::now()),
+                )
+            }),
+        }
+    }
+
+    /// Whether anything may still be claimed.
+    fn open(&self) -> bool {
+        Instant::now() < self.deadline
+            && self
+                .count
+                .is_none_or(|n| self.issued.load(Ordering::Relaxed) < n)
+    }
+
+    /// Claims one operation; false once the count or the deadline is
+    /// reached. Under `--rate`, waits for the next start slot: slots are
+    /// one interval apart and never in the past, so a stretch in which
+    /// nothing was ready (sessions still connecting) is not made up for
+    /// with a burst.
+    async fn claim(&self) -> bool {
         if Instant::now() >= self.deadline {
             return false;
         }
-        match self.count {
-            Some(n) => self.issued.fetch_add(1, Ordering::Relaxed) < n,
-            None => true,
+        if self
+            .count
+            .is_some_and(|n| self.issued.fetch_add(1, Ordering::Relaxed) >= n)
+        {
+            return false;
         }
+        if let Some((interval, next)) = &self.pace {
+            let slot = match next.lock() {
+                Ok(mut next) => {
+                    let slot = (*next).max(Instant::now());
+                    *next = slot + *interval;
+                    slot
+                }
+                Err(_) => return false,
+            };
+            if slot >= self.deadline {
+                return false;
+            }
+            tokio::time::sleep_until(slot.into()).await;
+        }
+        true
     }
 }
 
@@ -599,7 +649,7 @@ impl Ctx {
 
 async fn handshake_worker(ctx: Arc<Ctx>, budget: Arc<Budget>) {
     let mut lat = Vec::new();
-    while budget.claim() {
+    while budget.claim().await {
         let start = Instant::now();
         match ctx.establish().await {
             Ok(mut s) => {
@@ -622,33 +672,41 @@ struct MessageJob {
     plain: bool,
 }
 
+/// A message session, plaintext (`--plain`) or after STARTTLS.
+enum Session {
+    Plain(Smtp<TcpStream>),
+    Tls(Box<TlsSmtp>),
+}
+
 async fn message_worker(ctx: Arc<Ctx>, budget: Arc<Budget>, job: Arc<MessageJob>) {
     let mut lat = Vec::new();
-    let mut claimed = budget.claim();
-    while claimed {
-        if job.plain {
-            match ctx.connect().await {
-                Ok(s) => claimed = session_messages(&ctx, &budget, &job, s, &mut lat).await,
-                Err(f) => {
-                    ctx.tally.error(f);
-                    claimed = budget.claim();
-                }
-            }
+    // A session is set up first, then each message claims its turn: under
+    // `--rate` a slot is not spent waiting for a handshake.
+    while budget.open() {
+        let session = if job.plain {
+            ctx.connect().await.map(Session::Plain)
         } else {
-            match ctx.establish().await {
-                Ok(s) => claimed = session_messages(&ctx, &budget, &job, s, &mut lat).await,
-                Err(f) => {
-                    ctx.tally.error(f);
-                    claimed = budget.claim();
-                }
+            ctx.establish().await.map(|s| Session::Tls(Box::new(s)))
+        };
+        let more = match session {
+            Ok(Session::Plain(s)) => session_messages(&ctx, &budget, &job, s, &mut lat).await,
+            Ok(Session::Tls(s)) => session_messages(&ctx, &budget, &job, *s, &mut lat).await,
+            Err(f) => {
+                ctx.tally.error(f);
+                // A failed session uses up a turn: a dead target cannot
+                // make a --count run spin until its time is up.
+                budget.claim().await
             }
+        };
+        if !more {
+            break;
         }
     }
     ctx.tally.latencies(&lat);
 }
 
 /// Sends messages on one session while the budget allows; returns whether
-/// a claimed message is still pending (the session ended before it).
+/// the budget still allows more (a new session, after QUIT or an error).
 async fn session_messages<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &Ctx,
     budget: &Budget,
@@ -657,9 +715,8 @@ async fn session_messages<S: AsyncRead + AsyncWrite + Unpin>(
     lat: &mut Vec<u64>,
 ) -> bool {
     ctx.tally.sessions.fetch_add(1, Ordering::Relaxed);
-    for i in 0..job.per_session {
-        // The first message was claimed by the caller.
-        if i > 0 && !budget.claim() {
+    for _ in 0..job.per_session {
+        if !budget.claim().await {
             s.quit().await;
             return false;
         }
@@ -672,12 +729,12 @@ async fn session_messages<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Err(f) => {
                 ctx.tally.error(f);
-                return budget.claim();
+                return true;
             }
         }
     }
     s.quit().await;
-    budget.claim()
+    true
 }
 
 /// A message of `size` bytes: a few headers, then lines of 76 characters.
@@ -847,6 +904,12 @@ fn main() -> ExitCode {
             "--duration must be in (0, {MAX_DURATION_S}] seconds"
         ));
     }
+    if let Mode::Handshake { bounds, .. } | Mode::Message { bounds, .. } = &cli.mode
+        && let Some(r) = bounds.rate
+        && !(r > 0.0 && r <= 1_000_000.0)
+    {
+        return usage("--rate must be in (0, 1000000] per second");
+    }
     match &cli.mode {
         Mode::Message { size, messages, .. } => {
             if *size < 100 || *size > 512 * 1024 * 1024 {
@@ -935,11 +998,12 @@ fn main() -> ExitCode {
                 });
                 params["duration_s"] = json!(bounds.duration);
                 params["count"] = json!(bounds.count);
-                let budget = Arc::new(Budget {
-                    deadline: started + Duration::from_secs_f64(duration),
-                    count: bounds.count,
-                    issued: AtomicU64::new(0),
-                });
+                params["rate_limit"] = json!(bounds.rate);
+                let budget = Arc::new(Budget::new(
+                    started + Duration::from_secs_f64(duration),
+                    bounds.count,
+                    bounds.rate,
+                ));
                 let mut set = tokio::task::JoinSet::new();
                 let mode = if let Mode::Message {
                     size,
