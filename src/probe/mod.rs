@@ -6,3 +6,5 @@
 
 pub mod dane;
 pub mod dns;
+pub mod mta_sts;
+mod tagged;
