@@ -8,3 +8,4 @@ pub mod dane;
 pub mod dns;
 pub mod mta_sts;
 mod tagged;
+pub mod tlsrpt;
