@@ -239,13 +239,13 @@ impl Dns {
 
     /// The MX targets of `domain`, by preference.
     pub async fn mx(&self, domain: &str) -> Result<MxAnswer, DnsError> {
-        let answer = self.query(&name(domain)?, RecordType::MX).await?;
+        let answer = self.query(&fqdn(domain)?, RecordType::MX).await?;
         Ok(mx_answer(answer))
     }
 
     /// The A and AAAA records of `host`, asked at the same time.
     pub async fn addresses(&self, host: &str) -> Result<Addresses, DnsError> {
-        let n = name(host)?;
+        let n = fqdn(host)?;
         let (v4, v6) = tokio::join!(
             self.query(&n, RecordType::A),
             self.query(&n, RecordType::AAAA)
@@ -300,7 +300,7 @@ impl Dns {
     }
 
     async fn confirm(&self, host: &str, ip: IpAddr) -> Forward {
-        let n = match name(host) {
+        let n = match fqdn(host) {
             Ok(n) => n,
             Err(e) => return Forward::Failed(e),
         };
@@ -328,8 +328,8 @@ impl Dns {
     /// The TXT records of `name`, each one's strings joined without
     /// separator (RFC 7208 §3.3, RFC 8461 §3.1, RFC 8460 §3). Bytes that
     /// are not UTF-8 become U+FFFD, which every record syntax then refuses.
-    pub async fn txt(&self, name_: &str) -> Result<Answer<String>, DnsError> {
-        let answer = self.query(&name(name_)?, RecordType::TXT).await?;
+    pub async fn txt(&self, name: &str) -> Result<Answer<String>, DnsError> {
+        let answer = self.query(&fqdn(name)?, RecordType::TXT).await?;
         Ok(answer.map(|r| match r {
             RData::TXT(t) => Some(String::from_utf8_lossy(&t.txt_data().concat()).into_owned()),
             _ => None,
@@ -339,7 +339,7 @@ impl Dns {
     /// The TLSA records at `_PORT._tcp.HOST` (RFC 6698 §3, RFC 7672 §2.2).
     pub async fn tlsa(&self, host: &str, port: u16) -> Result<Answer<TlsaRecord>, DnsError> {
         let owner = super::dane::tlsa_owner(host, port);
-        let answer = self.query(&name(&owner)?, RecordType::TLSA).await?;
+        let answer = self.query(&fqdn(&owner)?, RecordType::TLSA).await?;
         Ok(answer.map(|r| match r {
             RData::TLSA(t) => Some(TlsaRecord {
                 usage: t.cert_usage().into(),
@@ -463,7 +463,7 @@ fn mx_answer(answer: Answer<RData>) -> MxAnswer {
 }
 
 /// `text` as an absolute name (no search list); IDNs become A-labels.
-fn name(text: &str) -> Result<Name, DnsError> {
+fn fqdn(text: &str) -> Result<Name, DnsError> {
     let mut n = Name::from_utf8(text).map_err(|e| DnsError::InvalidName {
         name: text.to_string(),
         detail: e.to_string(),
@@ -594,9 +594,9 @@ mod tests {
 
     #[test]
     fn names_are_absolute_and_printed_without_the_dot() {
-        let n = name("Mx1.Example.Test").unwrap();
+        let n = fqdn("Mx1.Example.Test").unwrap();
         assert!(n.is_fqdn());
         assert_eq!(host_text(&n), "mx1.example.test");
-        assert!(matches!(name("a..b"), Err(DnsError::InvalidName { .. })));
+        assert!(matches!(fqdn("a..b"), Err(DnsError::InvalidName { .. })));
     }
 }

@@ -151,7 +151,13 @@ fn report_uri(uri: &str) -> Result<ReportUri, String> {
     if scheme.eq_ignore_ascii_case("mailto") {
         let addr = rest.split('?').next().unwrap_or_default();
         match addr.split_once('@') {
-            Some((local, domain)) if !local.is_empty() && domain.contains('.') => {
+            Some((local, domain))
+                if !local.is_empty()
+                    && domain.contains('.')
+                    && domain
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') =>
+            {
                 Ok(ReportUri::Mailto(uri.to_string()))
             }
             _ => Err("is not a mailto: URI with an address (mailto:user@example.com)".into()),
