@@ -74,6 +74,48 @@ pub async fn lookup_record(dns: &Dns, domain: &str) -> Result<Option<StsRecord>,
     }
 }
 
+/// What a domain publishes for MTA-STS: the TXT record and, when there is
+/// any TXT record at `_mta-sts` (valid or not, so that a broken record
+/// does not hide a broken policy), the policy.
+#[derive(Debug)]
+pub struct Discovery {
+    pub record: Result<Option<StsRecord>, RecordError>,
+    /// `None` when the record lookup found nothing or failed.
+    pub policy: Option<Result<FetchedPolicy, FetchError>>,
+}
+
+impl Discovery {
+    /// The MX hosts of `mx_hosts` that a fetched policy's patterns miss
+    /// (`mta_sts_mx_not_covered`); empty without a policy.
+    pub fn uncovered<'a>(&self, mx_hosts: &'a [String]) -> Vec<&'a str> {
+        match &self.policy {
+            Some(Ok(p)) => mx_hosts
+                .iter()
+                .filter(|h| !p.policy.covers(h))
+                .map(String::as_str)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Looks up the record of `domain` and fetches its policy (see
+/// [`Discovery`]).
+pub async fn discover(dns: &Dns, fetcher: &PolicyFetcher, domain: &str) -> Discovery {
+    let record = lookup_record(dns, domain).await;
+    let published = match &record {
+        Ok(r) => r.is_some(),
+        Err(RecordError::Dns(_)) => false,
+        Err(_) => true,
+    };
+    let policy = if published {
+        Some(fetcher.fetch(dns, domain).await)
+    } else {
+        None
+    };
+    Discovery { record, policy }
+}
+
 /// Of the TXT strings at `_mta-sts`, the one STSv1 record (§3.1: others
 /// are discarded; not exactly one means no policy).
 pub fn select_record(txts: &[String]) -> Result<StsRecord, RecordError> {
