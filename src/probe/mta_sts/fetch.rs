@@ -29,8 +29,9 @@ use crate::tls::validate::TrustAnchors;
 pub const MAX_BODY: usize = 64 * 1024;
 /// The path of the policy (§3.3).
 pub const POLICY_PATH: &str = "/.well-known/mta-sts.txt";
-/// Headers of a response: hyper's smallest allowed read buffer.
-const MAX_HEAD: usize = 8192;
+/// hyper's read buffer, which bounds the response head: room for the
+/// long security headers some CDNs send, still a bound.
+const MAX_HEAD: usize = 16 * 1024;
 
 /// A policy as fetched.
 #[derive(Debug, Clone)]
