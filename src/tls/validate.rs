@@ -127,6 +127,15 @@ impl TrustAnchors {
         self.anchors.len()
     }
 
+    /// The same anchors as a rustls root store, for the probe's HTTPS
+    /// client (MTA-STS policy fetch), so that it trusts exactly what chain
+    /// validation trusts.
+    pub fn root_store(&self) -> rustls::RootCertStore {
+        rustls::RootCertStore {
+            roots: self.anchors.clone(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.anchors.is_empty()
     }

@@ -3,6 +3,7 @@
 //! backend, and helpers for the private Postfix peers in tests/peers/.
 #![allow(dead_code)]
 
+pub mod https;
 pub mod pki;
 
 use std::io::{BufRead, BufReader, Read, Write};
