@@ -3,7 +3,8 @@
 //! The modules follow the data flow of DESIGN.md §1: `listener` accepts,
 //! `session` runs the pre-TLS dialogue (`smtp`), terminates TLS (`tls`) and
 //! hands the session to `relay`, which talks to a `backend`; `config` and
-//! `telemetry` serve them all; `cli` is what the binary runs.
+//! `telemetry` serve them all; `cli` is what the binary runs. `probe` is
+//! the client side: it diagnoses any SMTP server's STARTTLS (DESIGN.md §7).
 
 pub mod backend;
 pub mod cli;

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use starttls_proxy::cli::{Cli, Command, check, run};
+use starttls_proxy::cli::{Cli, Command, check, probe, run};
 
 #[cfg(all(
     target_os = "linux",
@@ -29,5 +29,6 @@ fn main() -> ExitCode {
     match command {
         Command::Run(args) => run::main(&config, args.log_format),
         Command::Check { json } => check::main(&config, json),
+        Command::Probe(args) => probe::main(args),
     }
 }

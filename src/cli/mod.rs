@@ -1,6 +1,7 @@
-//! Command line: `run` (default), `check`.
+//! Command line: `run` (default), `check`, `probe`.
 
 pub mod check;
+pub mod probe;
 pub mod run;
 
 use std::path::PathBuf;
@@ -44,6 +45,10 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Diagnose an SMTP server's STARTTLS from the sender's side: every
+    /// address, with and without SNI, TLS 1.3, 1.2 and legacy; chain,
+    /// names, expiry; findings with fixes (DESIGN.md §7).
+    Probe(probe::ProbeArgs),
 }
 
 impl Cli {
@@ -65,6 +70,15 @@ impl Cli {
                 }
                 Command::Check { json }
             }
+            Some(Cmd::Probe(args)) => {
+                if self.run.log_format.is_some() {
+                    return Err(<Self as clap::CommandFactory>::command().error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        "--log-format applies to `run` only, not to `probe`",
+                    ));
+                }
+                Command::Probe(args)
+            }
         };
         Ok((self.config, command))
     }
@@ -75,4 +89,5 @@ impl Cli {
 pub enum Command {
     Run(RunArgs),
     Check { json: bool },
+    Probe(probe::ProbeArgs),
 }

@@ -137,6 +137,13 @@ impl ReplyParser {
         }
     }
 
+    /// Bytes received but not yet part of a returned reply. After the
+    /// `220` to STARTTLS this must be zero: anything else was sent before
+    /// the handshake and must not be read as TLS.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() + self.lines.iter().map(Vec::len).sum::<usize>()
+    }
+
     /// The next complete reply, if any.
     pub fn next_reply(&mut self) -> Option<Result<BackendReply, ReplyError>> {
         loop {

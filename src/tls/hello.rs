@@ -37,7 +37,7 @@ pub enum Version {
 }
 
 impl Version {
-    fn from_wire(v: u16) -> Self {
+    pub fn from_wire(v: u16) -> Self {
         match v {
             0x0300 => Self::Ssl3,
             0x0301 => Self::Tls10,

@@ -482,7 +482,8 @@ pub fn load_from_pem(
     })
 }
 
-fn san_dns_names(cert: &X509Certificate<'_>) -> Vec<String> {
+/// The SAN DNS names of a certificate, lowercased, sorted, without duplicates.
+pub fn san_dns_names(cert: &X509Certificate<'_>) -> Vec<String> {
     let Ok(Some(san)) = cert.subject_alternative_name() else {
         return Vec::new();
     };

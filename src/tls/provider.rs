@@ -93,6 +93,13 @@ pub fn server_config(
     Ok(config)
 }
 
+/// The provider the probe connects with (`src/probe/tls.rs`): every
+/// cipher suite, signature scheme and key exchange group aws-lc-rs has, so
+/// that whatever a server can do with a modern client, the probe sees.
+pub fn client_provider() -> CryptoProvider {
+    aws_lc_rs::default_provider()
+}
+
 /// A private key as rustls signs with it (ECDSA, Ed25519 or RSA).
 pub fn signing_key(key: &PrivateKeyDer<'_>) -> Result<Arc<dyn SigningKey>, rustls::Error> {
     aws_lc_rs::sign::any_supported_type(key)

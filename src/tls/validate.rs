@@ -153,7 +153,27 @@ impl TrustAnchors {
         }
     }
 
-    fn has_subject(&self, raw: &[u8]) -> bool {
+    /// The anchors as webpki takes them (the probe verifies presented
+    /// chains against the same set `check` and `run` use).
+    pub fn webpki_anchors(&self) -> &[TrustAnchor<'static>] {
+        &self.anchors
+    }
+
+    /// Whether `der` is itself one of the anchors (same subject and key):
+    /// a root a server sends along, which senders already have.
+    pub fn contains(&self, der: &CertificateDer<'_>) -> bool {
+        let Ok(a) = webpki::anchor_from_trusted_cert(der) else {
+            return false;
+        };
+        self.anchors.iter().any(|t| {
+            t.subject.as_ref() == a.subject.as_ref()
+                && t.subject_public_key_info.as_ref() == a.subject_public_key_info.as_ref()
+        })
+    }
+
+    /// Whether an anchor has this subject (raw DER of the name, as
+    /// x509-parser's `as_raw()` gives it).
+    pub fn has_subject(&self, raw: &[u8]) -> bool {
         // TrustAnchor.subject is the DN's content without the outer SEQUENCE.
         self.subjects
             .iter()

@@ -18,6 +18,8 @@
 #                         the SMTP smuggling fix) with no exclusions, so loopback clients
 #                         are held to it too (the default exclusion is $mynetworks);
 #                         unset: Postfix's default (no)
+#   POSTCONF=lines        more main.cf settings, one "name = value" a line, applied last
+#                         with postconf -e (e.g. the TLS protocols a test needs)
 #
 # Delivery: one file per recipient in DIR/maildir/new/, starting with
 # Return-Path:, X-Original-To:, Delivered-To: <recipient>, then the backend's
@@ -81,6 +83,12 @@ EOF
     postconf -c "$dir/etc" -e \
       "smtpd_tls_chain_files = $(realpath "$TLS_KEY"), $(realpath "$TLS_CERT")" \
       smtpd_tls_security_level=may smtpd_tls_loglevel=1 smtpd_tls_received_header=yes
+  fi
+  if [ -n "${POSTCONF:-}" ]; then
+    while IFS= read -r setting; do
+      [ -n "$setting" ] || continue
+      postconf -c "$dir/etc" -e "$setting" || die "POSTCONF: postconf -e '$setting' failed"
+    done <<< "$POSTCONF"
   fi
   tls=off; [ -z "${TLS_CERT:-}" ] || tls=on
   proxy=""

@@ -1160,11 +1160,31 @@ impl DnsServer {
     /// `--dns-rr=_25._tcp.mx1.example.test,52,030101<hex>` (TLSA),
     /// `--ptr-record=…`. Names in `zones` without a record are NXDOMAIN.
     pub fn with_zones(zones: &[&str], records: &[&str]) -> DnsServer {
-        let port = {
-            // A free UDP port (dnsmasq also binds TCP on it).
-            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            s.local_addr().unwrap().port()
-        };
+        // The port is found free and released before dnsmasq binds it, so
+        // another test may take it in between: dnsmasq then exits with
+        // "Address already in use", and it is started again on another.
+        for _ in 0..5 {
+            if let Some(server) = Self::try_start(zones, records) {
+                return server;
+            }
+        }
+        panic!("dnsmasq found its port taken five times in a row");
+    }
+
+    /// A port free for both UDP and TCP on 127.0.0.1 (dnsmasq binds both).
+    fn free_port() -> u16 {
+        loop {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let port = udp.local_addr().unwrap().port();
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
+
+    /// `None` when the port was taken in the meantime.
+    fn try_start(zones: &[&str], records: &[&str]) -> Option<DnsServer> {
+        let port = Self::free_port();
         let mut child = Command::new("dnsmasq")
             .args([
                 "--keep-in-foreground",
@@ -1186,20 +1206,26 @@ impl DnsServer {
             .spawn()
             .expect("dnsmasq (Debian's dnsmasq-base, installed by scripts/install-test-deps.sh)");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        // Ready once it answers over TCP.
+        // Ready once it answers over TCP (and is still running: a
+        // connection could reach whoever took the port instead).
         let deadline = Instant::now() + TIMEOUT;
-        while TcpStream::connect(addr).is_err() {
+        loop {
             if let Ok(Some(status)) = child.try_wait() {
                 let mut err = String::new();
                 if let Some(mut e) = child.stderr.take() {
                     let _ = e.read_to_string(&mut err);
                 }
+                if err.contains("in use") {
+                    return None;
+                }
                 panic!("dnsmasq exited with {status}: {err}");
+            }
+            if TcpStream::connect(addr).is_ok() && matches!(child.try_wait(), Ok(None)) {
+                return Some(DnsServer { child, addr });
             }
             assert!(Instant::now() < deadline, "dnsmasq did not start");
             std::thread::sleep(Duration::from_millis(10));
         }
-        DnsServer { child, addr }
     }
 }
 
