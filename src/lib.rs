@@ -9,6 +9,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod listener;
+pub mod policy;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod session;
