@@ -81,6 +81,10 @@ pub struct RelayPolicy {
     /// The first command of the client input is a MAIL the session
     /// already asked the policy about (plaintext relay): not asked twice.
     pub first_mail_asked: bool,
+    /// The pre-TLS dialogue refused the client's last MAIL (a plaintext
+    /// relay started by another command): the relay starts outside a
+    /// transaction, the RCPT and DATA that follow are answered here.
+    pub mail_refused: bool,
 }
 
 /// What the proxy's `Received:` header records besides the HELO name.
@@ -272,6 +276,9 @@ where
         txn: Transaction::default(),
         first_mail_asked: settings.policy.first_mail_asked,
     };
+    if settings.policy.mail_refused {
+        r.txn.mail_refused();
+    }
     r.codec.push(&client_input);
     if let Some(mut helo) = replay_helo {
         if let Command::Ehlo(name) | Command::Helo(name) = Command::parse(&helo) {
@@ -770,9 +777,7 @@ impl Relay<'_> {
                 if let Some(r) = self.txn.local_reply(transaction::Step::Rcpt) {
                     return self.local_reply(r);
                 }
-                let recipient = path_domain(&line);
-                let senders: Vec<Option<&str>> = self.txn.senders().collect();
-                if let Some(r) = self.ask_policy(Stage::Rcpt, &senders, recipient.as_deref()) {
+                if let Some(r) = self.ask_at_rcpt(&line) {
                     self.txn.rcpt_refused();
                     return self.local_reply(r);
                 }
@@ -811,6 +816,17 @@ impl Relay<'_> {
         self.to_backend.extend_from_slice(&line);
         self.to_backend.extend_from_slice(b"\r\n");
         self.in_flight.push_back(expect);
+    }
+
+    /// Asks the TLS policy about a RCPT, with every sender the backend's
+    /// transaction may have.
+    fn ask_at_rcpt(&self, line: &[u8]) -> Option<Reply> {
+        if self.settings.policy.rules.load().is_empty() {
+            return None;
+        }
+        let recipient = path_domain(line);
+        let senders: Vec<Option<&str>> = self.txn.senders().collect();
+        self.ask_policy(Stage::Rcpt, &senders, recipient.as_deref())
     }
 
     /// Asks the TLS policy about a MAIL or RCPT; `Some(reply)` when an

@@ -118,6 +118,8 @@ struct Said {
     helo_name: Option<String>,
     /// `input` starts with a MAIL the TLS policy has passed already.
     mail_asked: bool,
+    /// The TLS policy refused the last MAIL before the relay started.
+    mail_refused: bool,
 }
 
 /// Runs one connection to its end.
@@ -300,6 +302,7 @@ async fn pre_tls(
                         replay_helo: helo,
                         helo_name: dialogue.helo_name(),
                         mail_asked: mail,
+                        mail_refused: dialogue.mail_refused(),
                     };
                     return Plaintext::Relay { tcp, said };
                 }
@@ -488,6 +491,7 @@ async fn relay_to_backend<C>(
         replay_helo,
         helo_name,
         mail_asked,
+        mail_refused,
     } = said;
     who.helo = helo_name.clone();
     // Boxed: the connect (with the XCLIENT name lookup) and its replies are
@@ -531,6 +535,7 @@ async fn relay_to_backend<C>(
                 .map_or(TlsState::None, |t| TlsState::of_version(t.version)),
             helo_pre_tls: helo_name.clone(),
             first_mail_asked: mail_asked,
+            mail_refused,
         },
     };
     // Not held for the session's life: the task keeps only what the

@@ -711,8 +711,26 @@ fn a_plaintext_client_refused_at_mail_gets_its_pipelined_replies_in_order_then_s
     backend.delivered(&subject);
     assert_eq!(evaluations(&p, "loopback", "refused"), 2.0);
     assert_eq!(evaluations(&p, "loopback", "satisfied"), 1.0);
+
+    // A VRFY after the refused MAIL starts a plaintext relay: the RCPT and
+    // DATA behind it still belong to no transaction, and stay here.
+    let mut c = Smtp::connect(p.addr());
+    c.expect("220");
+    c.cmd("EHLO client.sender.test", "250");
+    c.cmd("MAIL FROM:<vrfy@sender.test>", "530 5.7.0");
+    c.send_raw(b"VRFY postmaster\r\nRCPT TO:<after-vrfy@example.test>\r\nDATA\r\nQUIT\r\n");
+    let vrfy = c.reply();
+    assert!(!vrfy.starts_with("503"), "{vrfy}");
+    assert_eq!(c.reply(), "503 5.5.1 Error: need MAIL command\r\n");
+    assert_eq!(c.reply(), "503 5.5.1 Error: need RCPT command\r\n");
+    c.expect("221");
+    assert_eq!(p.wait_log("session", 3)["tls"], "none");
+
+    backend.wait_command("VRFY postmaster");
     backend.wait_command("MAIL FROM:<raw@sender.test>");
     backend_never_saw(&backend, "piped@sender.test");
+    backend_never_saw(&backend, "vrfy@sender.test");
+    backend_never_saw(&backend, "after-vrfy");
     let data = backend
         .commands()
         .iter()

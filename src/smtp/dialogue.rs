@@ -89,6 +89,13 @@ impl PreTlsDialogue {
         self.errors
     }
 
+    /// The last MAIL was refused by the TLS policy and no MAIL, RSET or
+    /// HELO/EHLO came since: a relay starting now starts outside a
+    /// transaction.
+    pub fn mail_refused(&self) -> bool {
+        self.mail_refused
+    }
+
     /// The session asked the TLS policy about the MAIL this dialogue
     /// wanted relayed, and an `enforce` rule refused it with `r`: the
     /// client gets `r`, the dialogue goes on (the client may still
