@@ -762,28 +762,14 @@ impl Relay<'_> {
                 self.txn.reset();
                 Expect::Other
             }
-            Command::Transaction(Verb::Mail) => {
-                let sender = path_domain(&line);
-                if !first_mail_asked
-                    && let Some(r) = self.ask_policy(Stage::Mail, &[sender.as_deref()], None)
-                {
-                    self.txn.mail_refused();
-                    return self.local_reply(r);
-                }
-                self.trace_due = self.settings.received.is_some();
-                Expect::Mail(self.txn.mail_sent(sender))
-            }
-            Command::Transaction(Verb::Rcpt) => {
-                if let Some(r) = self.txn.local_reply(transaction::Step::Rcpt) {
-                    return self.local_reply(r);
-                }
-                if let Some(r) = self.ask_at_rcpt(&line) {
-                    self.txn.rcpt_refused();
-                    return self.local_reply(r);
-                }
-                self.txn.rcpt_sent();
-                Expect::Other
-            }
+            Command::Transaction(Verb::Mail) => match self.mail(&line, first_mail_asked) {
+                Some(expect) => expect,
+                None => return,
+            },
+            Command::Transaction(Verb::Rcpt) => match self.rcpt(&line) {
+                Some(expect) => expect,
+                None => return,
+            },
             Command::Rset => {
                 self.content_since = None;
                 self.txn.reset();
@@ -816,6 +802,35 @@ impl Relay<'_> {
         self.to_backend.extend_from_slice(&line);
         self.to_backend.extend_from_slice(b"\r\n");
         self.in_flight.push_back(expect);
+    }
+
+    /// MAIL FROM, asked of the TLS policy unless the session has asked
+    /// already; `None` when refused here (the reply is queued in its turn).
+    fn mail(&mut self, line: &[u8], asked: bool) -> Option<Expect> {
+        let sender = path_domain(line);
+        if !asked && let Some(r) = self.ask_policy(Stage::Mail, &[sender.as_deref()], None) {
+            self.txn.mail_refused();
+            self.local_reply(r);
+            return None;
+        }
+        self.trace_due = self.settings.received.is_some();
+        Some(Expect::Mail(self.txn.mail_sent(sender)))
+    }
+
+    /// RCPT TO: answered here after a refused MAIL, or when a rule refuses
+    /// it; `None` then.
+    fn rcpt(&mut self, line: &[u8]) -> Option<Expect> {
+        if let Some(r) = self.txn.local_reply(transaction::Step::Rcpt) {
+            self.local_reply(r);
+            return None;
+        }
+        if let Some(r) = self.ask_at_rcpt(line) {
+            self.txn.rcpt_refused();
+            self.local_reply(r);
+            return None;
+        }
+        self.txn.rcpt_sent();
+        Some(Expect::Other)
     }
 
     /// Asks the TLS policy about a RCPT, with every sender the backend's
