@@ -510,7 +510,7 @@ async fn relay_to_backend<C>(
         return;
     };
     let server = backend.server.clone();
-    let settings = RelaySettings {
+    let mut settings = RelaySettings {
         hostname: ctx.hostname.clone(),
         line_limit: ctx.limits.line_length,
         max_errors: ctx.limits.max_errors,
@@ -533,7 +533,8 @@ async fn relay_to_backend<C>(
                 .tls
                 .as_ref()
                 .map_or(TlsState::None, |t| TlsState::of_version(t.version)),
-            helo_pre_tls: helo_name.clone(),
+            // Held here for the session's life, not twice.
+            helo_pre_tls: helo_name,
             first_mail_asked: mail_asked,
             mail_refused,
         },
@@ -544,7 +545,11 @@ async fn relay_to_backend<C>(
     let stats: RelayStats = relay(client, input, replay_helo, backend, &settings, shutdown).await;
     // The name said last (after TLS, the client's second EHLO), and the
     // pre-TLS one too when it differs.
-    let helo_pre_tls = helo_name.filter(|pre| stats.helo.as_ref().is_some_and(|last| last != pre));
+    let helo_pre_tls = settings
+        .policy
+        .helo_pre_tls
+        .take()
+        .filter(|pre| stats.helo.as_ref().is_some_and(|last| last != pre));
     let helo = stats.helo.clone().or_else(|| helo_pre_tls.clone());
     info!(
         %peer,
