@@ -10,6 +10,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod listener;
+pub mod policy;
 pub mod probe;
 pub mod proxy_protocol;
 pub mod relay;

@@ -6,6 +6,11 @@
 //! to message content, the 250 after the content counts a message. Content
 //! streams through in bounded pieces, never a whole message in memory.
 //!
+//! TLS policy (DESIGN.md §9) is asked at MAIL FROM and RCPT TO: a refused
+//! command is answered here, in its turn among the replies in flight, and
+//! never reaches the backend; neither do the RCPT and DATA that follow a
+//! refused MAIL (`smtp::transaction`).
+//!
 //! Nothing lost: every reply the client sees about a message is the
 //! backend's own. When the backend fails — closed, reset, silent past the
 //! timeout, or not speaking SMTP — the client gets `421 4.x.x` and the
@@ -22,10 +27,12 @@ use tracing::{debug, warn};
 
 use crate::backend::BackendConn;
 use crate::config::BareNewline;
+use crate::policy::{Facts, SharedPolicy, Stage, TlsState, Verdict};
 use crate::smtp::codec::{Line, LineCodec};
-use crate::smtp::command::Command;
+use crate::smtp::command::{Command, Verb, path_domain};
 use crate::smtp::data::{DataScanner, Violation};
 use crate::smtp::reply::{self, BackendReply, Reply};
+use crate::smtp::transaction::{self, Transaction};
 use crate::smtp::{ehlo, received};
 
 /// Settings for one relayed session.
@@ -56,6 +63,28 @@ pub struct RelaySettings {
     pub shutdown_grace: Duration,
     /// Prepend a `Received:` trace header to every message.
     pub received: Option<ReceivedSettings>,
+    /// What TLS policy rules are asked with.
+    pub policy: RelayPolicy,
+}
+
+/// The TLS policy of a relayed session and the facts it is asked with
+/// besides the commands themselves.
+#[derive(Debug, Clone)]
+pub struct RelayPolicy {
+    pub rules: SharedPolicy,
+    /// The client (the PROXY header's, behind a trusted balancer).
+    pub peer: std::net::SocketAddr,
+    pub tls: TlsState,
+    /// The HELO/EHLO name given before STARTTLS: the one rules see until
+    /// the client says another.
+    pub helo_pre_tls: Option<String>,
+    /// The first command of the client input is a MAIL the session
+    /// already asked the policy about (plaintext relay): not asked twice.
+    pub first_mail_asked: bool,
+    /// The pre-TLS dialogue refused the client's last MAIL (a plaintext
+    /// relay started by another command): the relay starts outside a
+    /// transaction, the RCPT and DATA that follow are answered here.
+    pub mail_refused: bool,
 }
 
 /// What the proxy's `Received:` header records besides the HELO name.
@@ -125,6 +154,8 @@ enum Expect {
     Replayed,
     Ehlo,
     DataGo,
+    /// A MAIL sent to the backend (its id in the transaction).
+    Mail(u64),
     /// The end of DATA content, or a `BDAT … LAST` chunk.
     MessageEnd,
     /// `AUTH` or one of its continuation lines: a 334 means the client's
@@ -242,7 +273,12 @@ where
         closing: false,
         chunking: false,
         content_since: None,
+        txn: Transaction::default(),
+        first_mail_asked: settings.policy.first_mail_asked,
     };
+    if settings.policy.mail_refused {
+        r.txn.mail_refused();
+    }
     r.codec.push(&client_input);
     if let Some(mut helo) = replay_helo {
         if let Command::Ehlo(name) | Command::Helo(name) = Command::parse(&helo) {
@@ -296,6 +332,10 @@ struct Relay<'a> {
     chunking: bool,
     /// When the current message's content began (354 or first BDAT).
     content_since: Option<Instant>,
+    /// The backend's transaction as far as known (TLS policy).
+    txn: Transaction,
+    /// See [`RelayPolicy::first_mail_asked`]; cleared by the first command.
+    first_mail_asked: bool,
 }
 
 /// A step's verdict: go on, or end the session this way.
@@ -647,6 +687,8 @@ impl Relay<'_> {
         self.content_since = None;
         self.in_flight.push_back(Expect::MessageEnd);
         self.mode = Mode::Command;
+        // Whatever the backend answers, the transaction is over.
+        self.txn.reset();
         Ok(true)
     }
 
@@ -692,6 +734,7 @@ impl Relay<'_> {
     }
 
     fn command(&mut self, line: Line) {
+        let first_mail_asked = std::mem::take(&mut self.first_mail_asked);
         let line = match line {
             Line::TooLong => return self.local_error(reply::LINE_TOO_LONG),
             Line::Complete(l) => l,
@@ -710,23 +753,33 @@ impl Relay<'_> {
             Command::Auth => Expect::Auth,
             Command::Ehlo(ref name) => {
                 self.stats.helo = Some(name.clone());
+                self.txn.reset();
                 Expect::Ehlo
             }
             Command::Helo(ref name) => {
                 self.stats.helo = Some(name.clone());
                 self.chunking = false;
+                self.txn.reset();
                 Expect::Other
             }
-            Command::Transaction(crate::smtp::command::Verb::Mail) => {
-                self.trace_due = self.settings.received.is_some();
-                Expect::Other
-            }
+            Command::Transaction(Verb::Mail) => match self.mail(&line, first_mail_asked) {
+                Some(expect) => expect,
+                None => return,
+            },
+            Command::Transaction(Verb::Rcpt) => match self.rcpt(&line) {
+                Some(expect) => expect,
+                None => return,
+            },
             Command::Rset => {
                 self.content_since = None;
+                self.txn.reset();
                 Expect::Other
             }
             Command::Quit => Expect::Quit,
             Command::Data => {
+                if let Some(r) = self.txn.local_reply(transaction::Step::Data) {
+                    return self.local_reply(r);
+                }
                 self.mode = Mode::AwaitDataGo;
                 Expect::DataGo
             }
@@ -736,7 +789,14 @@ impl Relay<'_> {
                 self.codec.skip(b.size);
                 return self.local_error(reply::BDAT_NOT_OFFERED);
             }
-            Command::Bdat(Some(b)) => return self.bdat(b),
+            Command::Bdat(Some(b)) => {
+                if let Some(r) = self.txn.local_reply(transaction::Step::Data) {
+                    // Not a byte of the chunk reaches the backend either.
+                    self.codec.skip(b.size);
+                    return self.local_reply(r);
+                }
+                return self.bdat(b);
+            }
             _ => Expect::Other,
         };
         self.to_backend.extend_from_slice(&line);
@@ -744,8 +804,84 @@ impl Relay<'_> {
         self.in_flight.push_back(expect);
     }
 
+    /// MAIL FROM, asked of the TLS policy unless the session has asked
+    /// already; `None` when refused here (the reply is queued in its turn).
+    fn mail(&mut self, line: &[u8], asked: bool) -> Option<Expect> {
+        let sender = path_domain(line);
+        if !asked && let Some(r) = self.ask_policy(Stage::Mail, &[sender.as_deref()], None) {
+            self.txn.mail_refused();
+            self.local_reply(r);
+            return None;
+        }
+        self.trace_due = self.settings.received.is_some();
+        Some(Expect::Mail(self.txn.mail_sent(sender)))
+    }
+
+    /// RCPT TO: answered here after a refused MAIL, or when a rule refuses
+    /// it; `None` then.
+    fn rcpt(&mut self, line: &[u8]) -> Option<Expect> {
+        if let Some(r) = self.txn.local_reply(transaction::Step::Rcpt) {
+            self.local_reply(r);
+            return None;
+        }
+        if let Some(r) = self.ask_at_rcpt(line) {
+            self.txn.rcpt_refused();
+            self.local_reply(r);
+            return None;
+        }
+        self.txn.rcpt_sent();
+        Some(Expect::Other)
+    }
+
+    /// Asks the TLS policy about a RCPT, with every sender the backend's
+    /// transaction may have.
+    fn ask_at_rcpt(&self, line: &[u8]) -> Option<Reply> {
+        if self.settings.policy.rules.load().is_empty() {
+            return None;
+        }
+        let recipient = path_domain(line);
+        let senders: Vec<Option<&str>> = self.txn.senders().collect();
+        self.ask_policy(Stage::Rcpt, &senders, recipient.as_deref())
+    }
+
+    /// Asks the TLS policy about a MAIL or RCPT; `Some(reply)` when an
+    /// `enforce` rule refuses it.
+    fn ask_policy(
+        &self,
+        stage: Stage,
+        senders: &[Option<&str>],
+        recipient: Option<&str>,
+    ) -> Option<Reply> {
+        let p = &self.settings.policy;
+        let rules = p.rules.load();
+        if rules.is_empty() {
+            return None;
+        }
+        let facts = Facts {
+            peer: p.peer,
+            helo: self.stats.helo.as_deref().or(p.helo_pre_tls.as_deref()),
+            tls: p.tls,
+            senders,
+            recipient,
+        };
+        match rules.evaluate(stage, &facts) {
+            Verdict::Pass => None,
+            Verdict::Refuse(r) => Some(r),
+        }
+    }
+
+    /// Queues a reply of the proxy's own that is no client error (a
+    /// policy refusal, and the 503/554 that follow it), in its turn.
+    fn local_reply(&mut self, r: Reply) {
+        self.in_flight.push_back(Expect::Local(r));
+    }
+
     /// A BDAT chunk for a backend that announced CHUNKING.
     fn bdat(&mut self, b: crate::smtp::command::Bdat) {
+        if b.last {
+            // Whatever the backend answers, the transaction ends here.
+            self.txn.reset();
+        }
         self.mode = Mode::Bdat {
             remaining: b.size,
             last: b.last,
@@ -865,6 +1001,10 @@ impl Relay<'_> {
                 } else {
                     Mode::Command
                 };
+                self.to_client.extend_from_slice(&reply.to_bytes());
+            }
+            Some(Expect::Mail(id)) => {
+                self.txn.mail_reply(id, reply.is_positive());
                 self.to_client.extend_from_slice(&reply.to_bytes());
             }
             Some(Expect::MessageEnd) => {

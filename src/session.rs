@@ -19,8 +19,10 @@ use tracing::{info, warn};
 
 use crate::backend::{Backend, ClientIdentity, TlsFacts};
 use crate::config::{BareNewline, Limits, ListenerMode, Timeouts, TlsPolicy};
-use crate::relay::{ReceivedSettings, RelaySettings, RelayStats, relay};
+use crate::policy::{Facts, SharedPolicy, Stage, TlsState, Verdict};
+use crate::relay::{ReceivedSettings, RelayPolicy, RelaySettings, RelayStats, relay};
 use crate::smtp::codec::LineCodec;
+use crate::smtp::command::{Command, Verb, path_domain};
 use crate::smtp::dialogue::{Action, PreTlsDialogue};
 use crate::smtp::reply;
 use crate::telemetry::metrics::{self, Rejection};
@@ -44,6 +46,8 @@ pub struct ListenerContext {
     pub proxy_protocol: Option<crate::proxy_protocol::InboundProxy>,
     /// Connection pressure (stress mode), from the connection table.
     pub stress: watch::Receiver<bool>,
+    /// `[[tls_policy]]` rules (DESIGN.md §9), swapped by SIGHUP.
+    pub policy: SharedPolicy,
 }
 
 impl ListenerContext {
@@ -99,12 +103,23 @@ enum Plaintext {
     },
     /// A transaction begun in plaintext on an opportunistic listener: it is
     /// relayed in plaintext, starting with what the client already sent.
-    Relay {
-        tcp: TcpStream,
-        input: Vec<u8>,
-        replay_helo: Option<Vec<u8>>,
-        helo_name: Option<String>,
-    },
+    Relay { tcp: TcpStream, said: Said },
+}
+
+/// What the client said before the relay starts.
+#[derive(Debug, Default)]
+struct Said {
+    /// Read and not yet handled (a plaintext relay: the command that
+    /// started it, and what followed).
+    input: Vec<u8>,
+    /// The HELO/EHLO line to replay to the backend (plaintext relay).
+    replay_helo: Option<Vec<u8>>,
+    /// The HELO/EHLO name given before TLS.
+    helo_name: Option<String>,
+    /// `input` starts with a MAIL the TLS policy has passed already.
+    mail_asked: bool,
+    /// The TLS policy refused the last MAIL before the relay started.
+    mail_refused: bool,
 }
 
 /// Runs one connection to its end.
@@ -136,19 +151,12 @@ pub async fn run(
             match pre_tls(&ctx, tcp, peer, &mut shutdown, session_deadline).await {
                 Plaintext::Closed => return,
                 Plaintext::StartTls { tcp, helo } => (tcp, helo, SessionTls::Starttls),
-                Plaintext::Relay {
-                    tcp,
-                    input,
-                    replay_helo,
-                    helo_name,
-                } => {
+                Plaintext::Relay { tcp, said } => {
                     relay_to_backend(
                         &ctx,
                         tcp,
                         who(None),
-                        input,
-                        replay_helo,
-                        helo_name,
+                        said,
                         SessionTls::None,
                         session_deadline,
                         shutdown,
@@ -163,13 +171,15 @@ pub async fn run(
     else {
         return;
     };
+    let said = Said {
+        helo_name: helo,
+        ..Said::default()
+    };
     relay_to_backend(
         &ctx,
         stream,
         who(Some(facts)),
-        Vec::new(),
-        None,
-        helo,
+        said,
         kind,
         session_deadline,
         shutdown,
@@ -272,15 +282,29 @@ async fn pre_tls(
                     };
                 }
                 Action::Relay { helo, line } => {
+                    let mail = matches!(Command::parse(&line), Command::Transaction(Verb::Mail));
+                    if mail
+                        && let Verdict::Refuse(r) = ask_at_plain_mail(ctx, peer, &dialogue, &line)
+                    {
+                        // Answered here: no backend connection, and the
+                        // client may still STARTTLS (DESIGN.md §9).
+                        let r = dialogue.refuse_mail(r);
+                        if write(ctx, &mut tcp, r.as_bytes()).await.is_err() {
+                            return Plaintext::Closed;
+                        }
+                        continue;
+                    }
                     let mut input = line;
                     input.extend_from_slice(b"\r\n");
                     input.extend_from_slice(&codec.take_buffered());
-                    return Plaintext::Relay {
-                        tcp,
+                    let said = Said {
                         input,
                         replay_helo: helo,
                         helo_name: dialogue.helo_name(),
+                        mail_asked: mail,
+                        mail_refused: dialogue.mail_refused(),
                     };
+                    return Plaintext::Relay { tcp, said };
                 }
             }
         }
@@ -327,6 +351,31 @@ async fn pre_tls(
             }
         }
     }
+}
+
+/// The TLS policy on a MAIL sent before STARTTLS, before any relay starts.
+fn ask_at_plain_mail(
+    ctx: &ListenerContext,
+    peer: SocketAddr,
+    dialogue: &PreTlsDialogue,
+    line: &[u8],
+) -> Verdict {
+    let rules = ctx.policy.load();
+    if rules.is_empty() {
+        return Verdict::Pass;
+    }
+    let sender = path_domain(line);
+    let helo = dialogue.helo_name();
+    rules.evaluate(
+        Stage::Mail,
+        &Facts {
+            peer,
+            helo: helo.as_deref(),
+            tls: TlsState::None,
+            senders: &[sender.as_deref()],
+            recipient: None,
+        },
+    )
 }
 
 fn log_plain_end(peer: SocketAddr, dialogue: &PreTlsDialogue, outcome: &'static str) {
@@ -423,14 +472,11 @@ where
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn relay_to_backend<C>(
     ctx: &ListenerContext,
     mut client: C,
     mut who: ClientIdentity,
-    input: Vec<u8>,
-    replay_helo: Option<Vec<u8>>,
-    helo_name: Option<String>,
+    said: Said,
     tls: SessionTls,
     session_deadline: Instant,
     shutdown: watch::Receiver<bool>,
@@ -440,6 +486,13 @@ async fn relay_to_backend<C>(
     let started = std::time::Instant::now();
     let peer = who.client;
     metrics::session(tls.as_str());
+    let Said {
+        input,
+        replay_helo,
+        helo_name,
+        mail_asked,
+        mail_refused,
+    } = said;
     who.helo = helo_name.clone();
     // Boxed: the connect (with the XCLIENT name lookup) and its replies are
     // over before the relay starts, and need not be part of the state an
@@ -457,7 +510,7 @@ async fn relay_to_backend<C>(
         return;
     };
     let server = backend.server.clone();
-    let settings = RelaySettings {
+    let mut settings = RelaySettings {
         hostname: ctx.hostname.clone(),
         line_limit: ctx.limits.line_length,
         max_errors: ctx.limits.max_errors,
@@ -473,6 +526,18 @@ async fn relay_to_backend<C>(
             client: who.client.ip(),
             tls: who.tls.clone(),
         }),
+        policy: RelayPolicy {
+            rules: ctx.policy.clone(),
+            peer,
+            tls: who
+                .tls
+                .as_ref()
+                .map_or(TlsState::None, |t| TlsState::of_version(t.version)),
+            // Held here for the session's life, not twice.
+            helo_pre_tls: helo_name,
+            first_mail_asked: mail_asked,
+            mail_refused,
+        },
     };
     // Not held for the session's life: the task keeps only what the
     // relay uses.
@@ -480,7 +545,11 @@ async fn relay_to_backend<C>(
     let stats: RelayStats = relay(client, input, replay_helo, backend, &settings, shutdown).await;
     // The name said last (after TLS, the client's second EHLO), and the
     // pre-TLS one too when it differs.
-    let helo_pre_tls = helo_name.filter(|pre| stats.helo.as_ref().is_some_and(|last| last != pre));
+    let helo_pre_tls = settings
+        .policy
+        .helo_pre_tls
+        .take()
+        .filter(|pre| stats.helo.as_ref().is_some_and(|last| last != pre));
     let helo = stats.helo.clone().or_else(|| helo_pre_tls.clone());
     info!(
         %peer,
@@ -603,8 +672,5 @@ fn looks_like_tls(buf: &[u8]) -> bool {
 /// Client-supplied text made safe for a log line: printable ASCII only,
 /// bounded length.
 pub fn sanitize(s: String) -> String {
-    s.chars()
-        .take(128)
-        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
-        .collect()
+    crate::telemetry::sanitize(&s)
 }

@@ -322,3 +322,103 @@ fn relative_sink_that_cannot_be_created_says_what_it_is_relative_to() {
     );
     assert!(stderr.contains(&want), "expected {want:?} in:\n{stderr}");
 }
+
+const TLS_RULES: &str = r#"
+[[tls_policy]]
+name = "partners"
+clients = ["192.0.2.0/24", "2001:db8::/48"]
+helo = [".bank.example"]
+require = "tls"
+mode = "report"
+
+[[tls_policy]]
+name = "legal"
+senders = ["bank.example"]
+recipients = ["legal.example.test"]
+require = "tls1.3"
+mode = "enforce"
+reply = "temporary"
+"#;
+
+#[test]
+fn a_bad_tls_policy_cidr_or_key_is_named_with_file_line_and_key() {
+    let config =
+        ProxyConfig::sink().append(&TLS_RULES.replace("\"2001:db8::/48\"", "\"2001:db8::/48x\""));
+    let line = line_of(&config, "2001:db8::/48x");
+    let cidr = format!(
+        "{{path}}:{line}:28: tls_policy[0].clients[1]: \"2001:db8::/48x\" is not an address or network"
+    );
+    run_fails_with(config, &[&cidr]);
+    let config = ProxyConfig::sink().append(&TLS_RULES.replace("reply = ", "replies = "));
+    let line = line_of(&config, "replies = ");
+    let key = format!("{{path}}:{line}:1: tls_policy[1].replies: unknown field `replies`");
+    run_fails_with(config, &[&key]);
+}
+
+#[test]
+fn check_prints_each_tls_policy_rule_and_what_it_matches() {
+    let dir = tempdir();
+    let path = write_config(&dir, &ProxyConfig::sink().append(TLS_RULES).text);
+    let out = run_bin(&["check", "--config", &path]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = "\
+tls policy \"partners\": report, require tls, asked at MAIL FROM
+  clients    192.0.2.0/24, 2001:db8::/48
+  helo       any subdomain of bank.example
+  senders    any
+  recipients any
+  would answer (report mode: counted and logged as would_refuse, the session goes on): 530 5.7.0 Must issue a STARTTLS command first (plaintext)
+tls policy \"legal\": enforce, require tls1.3, asked at each RCPT TO
+  clients    any
+  helo       any
+  senders    bank.example
+  recipients legal.example.test
+  answers: 450 4.7.0 Must issue a STARTTLS command first (plaintext); 450 4.7.0 Must use TLS 1.3 (TLS 1.2)
+";
+    assert!(stdout.contains(want), "{stdout}");
+    let out = run_bin(&["check", "--json", "--config", &path]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let legal = &report["tls_policy"][1];
+    assert_eq!(legal["name"], "legal");
+    assert_eq!(legal["asked_at"], "each RCPT TO");
+    assert_eq!(legal["clients"], serde_json::json!([]));
+    assert_eq!(
+        legal["recipients"],
+        serde_json::json!(["legal.example.test"])
+    );
+    // No rules: said so, and an empty list for scripts.
+    let path = write_config(&dir, &ProxyConfig::sink().text);
+    let out = run_bin(&["check", "--config", &path]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("tls policy: no rules"));
+    let out = run_bin(&["check", "--json", "--config", &path]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["tls_policy"], serde_json::json!([]));
+}
+
+#[test]
+fn check_warns_about_an_enforced_rule_for_every_client() {
+    let dir = tempdir();
+    let rule = "\n[[tls_policy]]\nname = \"all\"\nclients = [\"0.0.0.0/0\", \"::/0\"]\nrequire = \"tls\"\nmode = \"enforce\"\n";
+    let path = write_config(&dir, &ProxyConfig::sink().append(rule).text);
+    let out = run_bin(&["check", "--config", &path]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "a warning, not an error: {stdout}");
+    assert!(
+        stdout.contains("warning: tls_policy \"all\" enforces tls for every client"),
+        "{stdout}"
+    );
+    // Staged in report mode: no warning.
+    let path = write_config(
+        &dir,
+        &ProxyConfig::sink()
+            .append(&rule.replace("enforce", "report"))
+            .text,
+    );
+    let out = run_bin(&["check", "--config", &path]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("tls_policy \"all\""));
+}

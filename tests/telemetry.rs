@@ -267,10 +267,13 @@ fn a_thousand_random_sni_values_add_no_series() {
 }
 
 /// `promtool check metrics` on a live exposition with every kind of series
-/// present (handshakes, a failure, a relayed message, a rejected connection).
+/// present (handshakes, a failure, a relayed message, a rejected
+/// connection, a TLS policy evaluation).
 #[test]
 fn the_exposition_passes_promtool() {
-    let proxy = Proxy::start(ProxyConfig::sink().append(METRICS));
+    let proxy = Proxy::start(ProxyConfig::sink().append(METRICS).append(
+        "\n[[tls_policy]]\nname = \"loopback\"\nclients = [\"127.0.0.0/8\"]\nrequire = \"tls\"\nmode = \"report\"\n",
+    ));
     let mut c = tls_session(&proxy);
     send_one_message(&mut c);
     let (ok, _) = s_client(proxy.addr(), &["-tls1", "-cipher", "DEFAULT@SECLEVEL=0"]);
@@ -302,11 +305,20 @@ fn the_exposition_passes_promtool() {
     assert!(out.status.success(), "{report}\n{body}");
     // promtool passes lint problems with exit 0 but prints them.
     assert!(report.trim().is_empty(), "promtool lint: {report}\n{body}");
+    assert_eq!(
+        metric_value(
+            &body,
+            "starttls_proxy_tls_policy_evaluations_total{policy=\"loopback\",result=\"satisfied\"}"
+        ),
+        Some(1.0),
+        "{body}"
+    );
     for name in [
         "starttls_proxy_tls_handshake_failures_total",
         "starttls_proxy_tls_client_max_version_total",
         "starttls_proxy_messages_relayed_total",
         "starttls_proxy_certificate_reloads_total",
+        "starttls_proxy_tls_policy_evaluations_total",
     ] {
         assert!(
             body.contains(&format!("# TYPE {name} counter")),

@@ -6,7 +6,7 @@
 //! It answers what a Postfix admin otherwise learns from deferrals: is the
 //! chain complete (fullchain, not cert.pem) and current, does the default
 //! certificate cover the MX name, which certificate a sender gets with and
-//! without SNI.
+//! without SNI. It lists the TLS policy rules and what each matches.
 
 use std::io::Write;
 use std::path::Path;
@@ -16,7 +16,8 @@ use std::sync::Arc;
 use rustls::SignatureScheme;
 use serde_json::{Value, json};
 
-use crate::config::Config;
+use crate::config::{Config, PolicyMode, Require, TlsRule};
+use crate::policy::{self, Stage, TlsState};
 use crate::tls::CertStore;
 use crate::tls::load::{LoadContext, fmt_time, load_certificate, now_unix};
 use crate::tls::store::covers;
@@ -65,6 +66,7 @@ fn report(path: &Path) -> Value {
         "certificates": [],
         "sni": [],
         "no_sni": null,
+        "tls_policy": [],
     })
 }
 
@@ -85,6 +87,18 @@ fn build(path: &Path) -> Value {
         }
     };
     r["hostname"] = json!(config.hostname);
+    r["tls_policy"] = json!(
+        config
+            .tls_policy
+            .iter()
+            .map(describe_rule)
+            .collect::<Vec<_>>()
+    );
+    for rule in &config.tls_policy {
+        if let Some(w) = policy_warning(rule) {
+            push(&mut r, "warnings", json!(w));
+        }
+    }
     let anchors = match CertStore::load_anchors(&config) {
         Ok(a) => a,
         Err(errors) => {
@@ -204,6 +218,105 @@ fn build(path: &Path) -> Value {
     r
 }
 
+/// One `[[tls_policy]]` rule: what it matches, where it is asked, and
+/// what an enforced refusal answers.
+fn describe_rule(rule: &TlsRule) -> Value {
+    // An empty list: the key is not given, anything matches.
+    let list = |v: &[String]| json!(v);
+    let domains = |v: &[crate::config::DomainPattern]| {
+        v.iter()
+            .map(|p| match p {
+                crate::config::DomainPattern::Exact(d) => d.clone(),
+                crate::config::DomainPattern::Subdomains(d) => format!("any subdomain of {d}"),
+            })
+            .collect::<Vec<_>>()
+    };
+    let clients: Vec<String> = rule.clients.iter().map(|n| n.to_string()).collect();
+    let mut refusals = vec![format!(
+        "{} (plaintext)",
+        policy::refusal_reply(rule.reply, TlsState::None).0
+    )];
+    if rule.require == Require::Tls13 {
+        refusals.push(format!(
+            "{} (TLS 1.2)",
+            policy::refusal_reply(rule.reply, TlsState::Tls12).0
+        ));
+    }
+    json!({
+        "name": rule.name,
+        "mode": rule.mode.as_str(),
+        "require": rule.require.as_str(),
+        "reply": rule.reply.as_str(),
+        "asked_at": match Stage::of(rule) { Stage::Mail => "MAIL FROM", Stage::Rcpt => "each RCPT TO" },
+        "clients": list(&clients),
+        "helo": list(&domains(&rule.helo)),
+        "senders": list(&domains(&rule.senders)),
+        "recipients": list(&domains(&rule.recipients)),
+        "refusal": refusals,
+    })
+}
+
+/// An `enforce` rule for every client, whatever it sends: what RFC 3207
+/// §4 warns a public MX against. Staging it in report mode is the way.
+fn policy_warning(rule: &TlsRule) -> Option<String> {
+    let everyone = rule.clients.iter().any(|n| n.prefix_len() == 0);
+    let narrowed = !rule.helo.is_empty() || !rule.senders.is_empty() || !rule.recipients.is_empty();
+    (rule.mode == PolicyMode::Enforce && everyone && !narrowed).then(|| {
+        format!(
+            "tls_policy {:?} enforces {} for every client: senders that cannot STARTTLS are refused (RFC 3207 §4 advises against this on a public MX; run it in mode = \"report\" first and watch would_refuse)",
+            rule.name,
+            rule.require.as_str()
+        )
+    })
+}
+
+fn print_rules(out: &mut impl Write, r: &Value) {
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let rules = r["tls_policy"].as_array().cloned().unwrap_or_default();
+    if rules.is_empty() {
+        let _ = writeln!(out, "tls policy: no rules");
+    }
+    for rule in &rules {
+        let list = |v: &Value| {
+            let items = v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(s)
+                .collect::<Vec<_>>();
+            if items.is_empty() {
+                "any".to_string()
+            } else {
+                items.join(", ")
+            }
+        };
+        let _ = writeln!(
+            out,
+            "tls policy {:?}: {}, require {}, asked at {}",
+            s(&rule["name"]),
+            s(&rule["mode"]),
+            s(&rule["require"]),
+            s(&rule["asked_at"])
+        );
+        for key in ["clients", "helo", "senders", "recipients"] {
+            let _ = writeln!(out, "  {key:<11}{}", list(&rule[key]));
+        }
+        let refusal = rule["refusal"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(s)
+            .collect::<Vec<_>>()
+            .join("; ");
+        let label = if rule["mode"] == "report" {
+            "would answer (report mode: counted and logged as would_refuse, the session goes on)"
+        } else {
+            "answers"
+        };
+        let _ = writeln!(out, "  {label}: {refusal}");
+    }
+}
+
 fn print_text(out: &mut impl Write, r: &Value) {
     let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
     let errors = r["errors"].as_array().cloned().unwrap_or_default();
@@ -271,6 +384,7 @@ fn print_text(out: &mut impl Write, r: &Value) {
         );
     }
     let _ = writeln!(out, "without SNI: certificate {}", served(&r["no_sni"]));
+    print_rules(out, r);
     let warnings = r["warnings"].as_array().cloned().unwrap_or_default();
     for w in &warnings {
         let _ = writeln!(out, "warning: {}", s(w));

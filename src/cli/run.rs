@@ -23,6 +23,7 @@ use crate::backend::Backend;
 use crate::backend::xclient::Dns;
 use crate::config::Config;
 use crate::listener::{self, ConnectionTable};
+use crate::policy::{Policy, SharedPolicy};
 use crate::session::ListenerContext;
 use crate::telemetry;
 use crate::telemetry::http::Readiness;
@@ -77,6 +78,9 @@ async fn run(config: Config) -> Result<(), Exit> {
         None => None,
     };
     let sockets = bind_all(&config).await?;
+    // After the recorder: the rules' counters are registered with it.
+    let policy = crate::policy::shared(&config.tls_policy);
+    log_policy(&config);
 
     let config = Arc::new(config);
     let readiness = Arc::new(Readiness::default());
@@ -91,7 +95,14 @@ async fn run(config: Config) -> Result<(), Exit> {
     if let Some(hup) = hangups {
         background.spawn(forward_hangups(hup, channel.0.clone()));
     }
-    let reloader = Reloader::new(config.clone(), tls.clone(), anchors, channel);
+    let reloader =
+        Reloader::new(config.clone(), tls.clone(), anchors, channel).on_config(Box::new({
+            let policy = policy.clone();
+            move |c: &Config| {
+                policy.store(Arc::new(Policy::new(&c.tls_policy)));
+                log_policy(c);
+            }
+        }));
     background.spawn_reporting_panic(
         reloader.run(),
         "the certificate reload task died: certificates no longer reload; restart the proxy",
@@ -101,7 +112,15 @@ async fn run(config: Config) -> Result<(), Exit> {
     }
     readiness.set_backends(backends.clone());
 
-    serve(&config, sockets.listeners, &backends, &tls, &readiness).await;
+    serve(
+        &config,
+        sockets.listeners,
+        &backends,
+        &tls,
+        &readiness,
+        &policy,
+    )
+    .await;
     background.stop().await;
     info!("stopped");
     Ok(())
@@ -114,6 +133,7 @@ async fn serve(
     backends: &[Arc<Backend>],
     tls: &TlsTerminator,
     readiness: &Readiness,
+    policy: &SharedPolicy,
 ) {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let table = Arc::new(ConnectionTable::new(config.limits.max_connections));
@@ -132,6 +152,7 @@ async fn serve(
             timeouts: config.timeouts,
             proxy_protocol: l.proxy_protocol.clone(),
             stress: table.stress(),
+            policy: policy.clone(),
         });
         tasks.push(tokio::spawn(listener::serve(
             socket,
@@ -170,6 +191,21 @@ async fn serve(
 }
 
 // === start-up steps ===
+
+/// One line per TLS policy rule in force (at start and after SIGHUP).
+fn log_policy(config: &Config) {
+    for r in &config.tls_policy {
+        info!(
+            policy = %r.name,
+            mode = r.mode.as_str(),
+            require = r.require.as_str(),
+            reply = r.reply.as_str(),
+            stage = crate::policy::Stage::of(r).as_str(),
+            "tls policy rule"
+        );
+    }
+    info!(rules = config.tls_policy.len(), "tls policy loaded");
+}
 
 /// Trust anchors, every certificate, and the TLS configuration built on them.
 fn load_tls(config: &Config) -> Result<(TrustAnchors, TlsTerminator), Exit> {

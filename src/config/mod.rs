@@ -8,6 +8,7 @@
 
 pub mod error;
 pub mod raw;
+pub mod tls_policy;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,8 +17,10 @@ use std::time::Duration;
 
 pub use error::{ConfigError, ConfigErrors, Location};
 pub use raw::{
-    BareNewline, ChainCheck, Identity, ListenerMode, LogFormat, LogLevel, MinVersion, TlsPolicy,
+    BareNewline, ChainCheck, Identity, ListenerMode, LogFormat, LogLevel, MinVersion, PolicyMode,
+    RefusalReply, Require, TlsPolicy,
 };
+pub use tls_policy::{DomainPattern, TlsRule};
 
 use raw::RawConfig;
 use toml::Spanned;
@@ -42,6 +45,8 @@ pub struct Config {
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub reload: ReloadConfig,
+    /// `[[tls_policy]]` rules, in file order (reloaded by SIGHUP).
+    pub tls_policy: Vec<TlsRule>,
 }
 
 #[derive(Debug, Clone)]
@@ -247,6 +252,7 @@ impl Checker<'_> {
         let listeners = self.listeners(&raw, &backend_index);
         let certificates = self.certificates(&raw);
         let tls = self.tls(&raw, &certificates);
+        let tls_policy = self.tls_policy(&raw);
 
         let limits = Limits {
             max_connections: self.positive(&raw.limits.max_connections, "limits.max_connections"),
@@ -310,6 +316,7 @@ impl Checker<'_> {
             limits,
             timeouts,
             reload,
+            tls_policy,
         })
     }
 

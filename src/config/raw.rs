@@ -35,6 +35,9 @@ pub struct RawConfig {
     #[serde(default)]
     pub timeouts: RawTimeouts,
     pub reload: Option<RawReload>,
+    /// Staged TLS enforcement (DESIGN.md §9), in file order.
+    #[serde(default)]
+    pub tls_policy: Vec<Spanned<RawTlsRule>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +96,81 @@ impl TlsPolicy {
         match self {
             Self::Opportunistic => "opportunistic",
             Self::Required => "required",
+        }
+    }
+}
+
+/// One `[[tls_policy]]` rule as written. Every list element keeps its
+/// span, so that a bad CIDR or domain is reported at its own line.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTlsRule {
+    pub name: Spanned<String>,
+    pub clients: Option<Spanned<Vec<Spanned<String>>>>,
+    pub helo: Option<Spanned<Vec<Spanned<String>>>>,
+    pub senders: Option<Spanned<Vec<Spanned<String>>>>,
+    pub recipients: Option<Spanned<Vec<Spanned<String>>>>,
+    pub require: Require,
+    pub mode: PolicyMode,
+    #[serde(default)]
+    pub reply: RefusalReply,
+}
+
+/// `require` of a TLS policy rule: what a matching session must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Require {
+    /// Any TLS (1.2 or 1.3).
+    #[serde(rename = "tls")]
+    Tls,
+    /// TLS 1.3.
+    #[serde(rename = "tls1.3")]
+    Tls13,
+}
+
+impl Require {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Tls => "tls",
+            Self::Tls13 => "tls1.3",
+        }
+    }
+}
+
+/// `mode` of a TLS policy rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyMode {
+    /// Count and log what would be refused; the session goes on.
+    Report,
+    /// Refuse the command (it never reaches the backend).
+    Enforce,
+}
+
+impl PolicyMode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Report => "report",
+            Self::Enforce => "enforce",
+        }
+    }
+}
+
+/// `reply` of a TLS policy rule: how an enforced refusal is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RefusalReply {
+    /// `530 5.7.0`: the sender bounces the message.
+    #[default]
+    Permanent,
+    /// `450 4.7.0`: the sender queues it and retries (a soft start).
+    Temporary,
+}
+
+impl RefusalReply {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Permanent => "permanent",
+            Self::Temporary => "temporary",
         }
     }
 }

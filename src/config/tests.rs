@@ -296,3 +296,113 @@ fn sink_fsync_belongs_to_a_sink() {
         "{e}"
     );
 }
+
+const POLICY: &str = r#"
+[[tls_policy]]
+name = "partners"
+clients = ["192.0.2.0/24", "2001:db8::/48", "198.51.100.7"]
+helo = [".Bank.Example"]
+senders = ["bank.example"]
+require = "tls"
+mode = "report"
+
+[[tls_policy]]
+name = "legal"
+recipients = ["legal.example.test"]
+require = "tls1.3"
+mode = "enforce"
+reply = "temporary"
+"#;
+
+#[test]
+fn tls_policy_rules_parse() {
+    let c = parse(&format!("{GOOD}{POLICY}")).unwrap();
+    assert_eq!(c.tls_policy.len(), 2);
+    let p = &c.tls_policy[0];
+    assert_eq!(p.name, "partners");
+    assert_eq!(
+        p.clients,
+        vec![
+            "192.0.2.0/24".parse::<ipnet::IpNet>().unwrap(),
+            "2001:db8::/48".parse().unwrap(),
+            "198.51.100.7/32".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        p.helo,
+        vec![DomainPattern::Subdomains("bank.example".into())]
+    );
+    assert_eq!(p.senders, vec![DomainPattern::Exact("bank.example".into())]);
+    assert!(p.recipients.is_empty());
+    assert_eq!(
+        (p.require, p.mode, p.reply),
+        (Require::Tls, PolicyMode::Report, RefusalReply::Permanent)
+    );
+    let l = &c.tls_policy[1];
+    assert_eq!(
+        (l.require, l.mode, l.reply),
+        (Require::Tls13, PolicyMode::Enforce, RefusalReply::Temporary)
+    );
+    assert!(parse(GOOD).unwrap().tls_policy.is_empty());
+}
+
+#[test]
+fn tls_policy_errors_name_line_and_key() {
+    let src = format!("{GOOD}{POLICY}");
+    let line = |needle: &str| src.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let e = one_error(&src.replace("\"2001:db8::/48\"", "\"2001:db8::/480\""));
+    assert_eq!(
+        e,
+        format!(
+            "test.toml:{}:28: tls_policy[0].clients[1]: \"2001:db8::/480\" is not an address or network (e.g. \"192.0.2.0/24\", \"2001:db8::/32\", \"192.0.2.7\")",
+            line("2001:db8::/48")
+        )
+    );
+    let e = one_error(&src.replace("mode = \"report\"", "mode = \"report\"\nmodee = 1"));
+    assert!(
+        e.starts_with(&format!(
+            "test.toml:{}:1: tls_policy[0].modee: unknown field `modee`",
+            line("mode = \"report\"") + 1
+        )),
+        "{e}"
+    );
+    let e = one_error(&src.replace("\"tls1.3\"", "\"tls1.4\""));
+    assert!(
+        e.starts_with(&format!(
+            "test.toml:{}:11: tls_policy[1].require: unknown variant `tls1.4`",
+            line("tls1.3")
+        )),
+        "{e}"
+    );
+    let e = one_error(&src.replace("mode = \"enforce\"\n", ""));
+    assert!(e.contains("tls_policy[1]: missing field `mode`"), "{e}");
+    let e = one_error(&src.replace("\"legal.example.test\"", "\"x@legal.example.test\""));
+    assert!(
+        e.contains(
+            "tls_policy[1].recipients[0]: \"x@legal.example.test\": give a domain, not an address"
+        ),
+        "{e}"
+    );
+    let e = one_error(&src.replace("name = \"legal\"", "name = \"partners\""));
+    assert!(
+        e.contains("tls_policy[1].name: a rule named \"partners\" is already defined"),
+        "{e}"
+    );
+    let e = one_error(&src.replace("name = \"legal\"", "name = \"le gal\""));
+    assert!(
+        e.contains("tls_policy[1].name: \"le gal\": use 1 to 64 of"),
+        "{e}"
+    );
+    let e = one_error(&src.replace("recipients = [\"legal.example.test\"]\n", ""));
+    assert!(
+        e.contains("tls_policy[1]: give at least one of clients, helo, senders, recipients"),
+        "{e}"
+    );
+    let e = one_error(&src.replace("senders = [\"bank.example\"]", "senders = []"));
+    assert!(
+        e.contains("tls_policy[0].senders: must not be empty"),
+        "{e}"
+    );
+    let e = one_error(&src.replace("\"198.51.100.7\"", "\"::ffff:198.51.100.0/120\""));
+    assert!(e.contains("tls_policy[0].clients[2]: \"::ffff:198.51.100.0/120\": IPv4 clients are matched as IPv4"), "{e}");
+}

@@ -112,6 +112,45 @@ fn trim(s: &[u8]) -> &[u8] {
     &s[start..end]
 }
 
+/// The domain of the path in `MAIL FROM:<path>` or `RCPT TO:<path>`, as
+/// TLS policy rules match it: what follows the path's last `@` outside a
+/// quoted local part, lowercased, a trailing dot dropped. `None` for the
+/// null path `<>`, a path without a domain (`<postmaster>`), or a line
+/// without a path. Not bounded here (the line is): logs bound it.
+pub fn path_domain(line: &[u8]) -> Option<String> {
+    let colon = line.iter().position(|&b| b == b':')?;
+    let rest = trim(&line[colon + 1..]);
+    let path = match rest.strip_prefix(b"<") {
+        Some(inner) => &inner[..outside_quotes(inner).find(|&(_, b)| b == b'>')?.0],
+        None => &rest[..rest.iter().position(|&b| is_space(b)).unwrap_or(rest.len())],
+    };
+    let at = outside_quotes(path).filter(|&(_, b)| b == b'@').last()?.0;
+    let domain = &path[at + 1..];
+    let domain = domain.strip_suffix(b".").unwrap_or(domain);
+    if domain.is_empty() {
+        return None;
+    }
+    Some(String::from_utf8_lossy(domain).to_ascii_lowercase())
+}
+
+/// The bytes of `s` (with their index) that are not inside a quoted
+/// string (`"a>b"`, with `\` escapes).
+fn outside_quotes(s: &[u8]) -> impl Iterator<Item = (usize, u8)> + '_ {
+    let (mut quoted, mut escaped) = (false, false);
+    s.iter().copied().enumerate().filter(move |&(_, b)| {
+        if escaped {
+            escaped = false;
+            return false;
+        }
+        match b {
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            _ => return !quoted,
+        }
+        false
+    })
+}
+
 fn parse_bdat(args: &[u8]) -> Option<Bdat> {
     let args = std::str::from_utf8(args).ok()?;
     let mut parts = args.split([' ', '\t']).filter(|p| !p.is_empty());
@@ -199,6 +238,37 @@ mod tests {
         assert_eq!(Command::parse(b"AUTH PLAIN AGEAYg=="), Command::Auth);
         assert_eq!(Command::parse(b"xclient ADDR=192.0.2.1"), Command::Xclient);
         assert_eq!(Command::parse(b"XFORWARD NAME=x"), Command::Xclient);
+    }
+
+    #[test]
+    fn path_domains() {
+        let d = |l: &str| path_domain(l.as_bytes());
+        assert_eq!(
+            d("MAIL FROM:<a@Bank.Example>").as_deref(),
+            Some("bank.example")
+        );
+        assert_eq!(
+            d("MAIL FROM: <a@bank.example.> SIZE=10").as_deref(),
+            Some("bank.example")
+        );
+        assert_eq!(
+            d("mail from:a@bank.example BODY=8BITMIME").as_deref(),
+            Some("bank.example")
+        );
+        assert_eq!(
+            d("RCPT TO:<@relay.test,@r2.test:u@legal.test>").as_deref(),
+            Some("legal.test")
+        );
+        assert_eq!(
+            d("RCPT TO:<\"a>b@c\"@x.test> NOTIFY=NEVER").as_deref(),
+            Some("x.test")
+        );
+        assert_eq!(d("RCPT TO:<\"a\\\"@b\"@y.test>").as_deref(), Some("y.test"));
+        assert_eq!(d("MAIL FROM:<>"), None);
+        assert_eq!(d("RCPT TO:<postmaster>"), None);
+        assert_eq!(d("RCPT TO:<a@>"), None);
+        assert_eq!(d("MAIL FROM"), None);
+        assert_eq!(d("MAIL FROM:<a@b.test"), None);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! writes replies, performs the handshake and owns the socket.
 
 use super::codec::Line;
-use super::command::Command;
+use super::command::{Command, Verb};
 use super::ehlo;
 use super::reply::{self, Reply};
 use crate::config::TlsPolicy;
@@ -45,6 +45,10 @@ pub struct PreTlsDialogue {
     /// Extensions for the EHLO reply (the backend's, as last probed);
     /// `None`: the built-in safe set.
     extensions: Option<std::sync::Arc<Vec<String>>>,
+    /// A TLS policy rule refused the last MAIL (DESIGN.md §9): RCPT, DATA
+    /// and BDAT are answered here, never relayed, until the next MAIL,
+    /// RSET or HELO/EHLO.
+    mail_refused: bool,
 }
 
 impl PreTlsDialogue {
@@ -56,6 +60,7 @@ impl PreTlsDialogue {
             errors: 0,
             helo: None,
             extensions: None,
+            mail_refused: false,
         }
     }
 
@@ -84,6 +89,24 @@ impl PreTlsDialogue {
         self.errors
     }
 
+    /// The last MAIL was refused by the TLS policy and no MAIL, RSET or
+    /// HELO/EHLO came since: a relay starting now starts outside a
+    /// transaction.
+    pub fn mail_refused(&self) -> bool {
+        self.mail_refused
+    }
+
+    /// The session asked the TLS policy about the MAIL this dialogue
+    /// wanted relayed, and an `enforce` rule refused it with `r`: the
+    /// client gets `r`, the dialogue goes on (the client may still
+    /// STARTTLS), and the transaction commands that follow are answered
+    /// here. Returns the reply to write. A policy refusal is not a client
+    /// error (`max_errors`).
+    pub fn refuse_mail(&mut self, r: Reply) -> String {
+        self.mail_refused = true;
+        r.render(&self.hostname)
+    }
+
     /// Decides what to do with one line from the client.
     pub fn on_line(&mut self, line: Line) -> Action {
         let line = match line {
@@ -94,6 +117,7 @@ impl PreTlsDialogue {
             Command::Ehlo(name) if name.is_empty() => self.error(reply::EHLO_SYNTAX),
             Command::Helo(name) if name.is_empty() => self.error(reply::HELO_SYNTAX),
             Command::Ehlo(_) => {
+                self.mail_refused = false;
                 self.helo = Some(line);
                 Action::Reply(ehlo::pre_tls_reply(
                     &self.hostname,
@@ -102,12 +126,17 @@ impl PreTlsDialogue {
                 ))
             }
             Command::Helo(_) => {
+                self.mail_refused = false;
                 self.helo = Some(line);
                 Action::Reply(reply::HELO_OK.render(&self.hostname))
             }
             Command::StartTls { has_args: true } => self.error(reply::STARTTLS_SYNTAX),
             Command::StartTls { has_args: false } => Action::StartTls,
-            Command::Noop | Command::Rset => self.reply(reply::OK),
+            Command::Rset => {
+                self.mail_refused = false;
+                self.reply(reply::OK)
+            }
+            Command::Noop => self.reply(reply::OK),
             Command::Help => self.reply(reply::HELP),
             Command::Quit => Action::Close(reply::BYE.render(&self.hostname)),
             Command::Auth => self.error(reply::AUTH_NEEDS_TLS),
@@ -125,6 +154,13 @@ impl PreTlsDialogue {
                     (other, _) => other,
                 }
             }
+            Command::Transaction(Verb::Rcpt) if self.mail_refused => self.reply(reply::NEED_MAIL),
+            Command::Data if self.mail_refused => self.reply(reply::NEED_RCPT),
+            Command::Bdat(Some(b)) if self.mail_refused => Action::Discard {
+                reply: reply::NEED_RCPT.render(&self.hostname),
+                bytes: b.size,
+            },
+            Command::Bdat(None) if self.mail_refused => self.error(reply::BDAT_SYNTAX),
             Command::Data | Command::Bdat(_) | Command::Transaction(_) => match self.policy {
                 TlsPolicy::Required => self.error(reply::MUST_ISSUE_STARTTLS),
                 TlsPolicy::Opportunistic => Action::Relay {
@@ -284,6 +320,48 @@ mod tests {
         );
         assert!(reply_of(cmd(&mut s, "EHLO c.test")).contains("250-CHUNKING\r\n"));
         assert!(matches!(cmd(&mut s, "BDAT 3 LAST"), Action::Relay { .. }));
+    }
+
+    #[test]
+    fn after_a_refused_mail_rcpt_data_and_bdat_are_answered_here() {
+        let mut s = d(TlsPolicy::Opportunistic)
+            .with_extensions(Some(std::sync::Arc::new(vec!["CHUNKING".to_string()])));
+        cmd(&mut s, "EHLO c.test");
+        assert!(matches!(
+            cmd(&mut s, "MAIL FROM:<a@b.test>"),
+            Action::Relay { .. }
+        ));
+        assert_eq!(
+            s.refuse_mail(reply::MUST_ISSUE_STARTTLS),
+            "530 5.7.0 Must issue a STARTTLS command first\r\n"
+        );
+        assert_eq!(
+            reply_of(cmd(&mut s, "RCPT TO:<x@y.test>")),
+            "503 5.5.1 Error: need MAIL command\r\n"
+        );
+        assert_eq!(
+            reply_of(cmd(&mut s, "DATA")),
+            "503 5.5.1 Error: need RCPT command\r\n"
+        );
+        assert_eq!(
+            cmd(&mut s, "BDAT 7 LAST"),
+            Action::Discard {
+                reply: "503 5.5.1 Error: need RCPT command\r\n".into(),
+                bytes: 7
+            }
+        );
+        assert_eq!(s.errors(), 0, "a policy refusal is not a client error");
+        // VRFY is no transaction command: relayed as before.
+        assert!(matches!(cmd(&mut s, "VRFY x"), Action::Relay { .. }));
+        for reset in ["RSET", "EHLO c.test", "HELO c.test"] {
+            s.refuse_mail(reply::MUST_ISSUE_STARTTLS);
+            cmd(&mut s, reset);
+            assert!(
+                matches!(cmd(&mut s, "RCPT TO:<x@y.test>"), Action::Relay { .. }),
+                "{reset}"
+            );
+        }
+        assert_eq!(cmd(&mut s, "STARTTLS"), Action::StartTls);
     }
 
     #[test]

@@ -9,3 +9,4 @@ pub mod dialogue;
 pub mod ehlo;
 pub mod received;
 pub mod reply;
+pub mod transaction;

@@ -25,6 +25,19 @@ pub const STARTTLS_NOT_NOW: Reply =
     Reply("554 5.5.1 Error: STARTTLS is not possible once a plaintext transaction has begun");
 pub const BAD_CHARACTERS: Reply = Reply("500 5.5.2 Error: control character in command");
 pub const XCLIENT_DENIED: Reply = Reply("550 5.7.0 Error: insufficient authorization");
+/// TLS policy (DESIGN.md §9): an `enforce` rule refused a plaintext
+/// MAIL or RCPT; with `reply = "temporary"` the sender queues instead.
+pub const MUST_ISSUE_STARTTLS_TEMPORARY: Reply =
+    Reply("450 4.7.0 Must issue a STARTTLS command first");
+/// TLS policy: a `require = "tls1.3"` rule refused a TLS 1.2 session.
+pub const MUST_USE_TLS13: Reply = Reply("530 5.7.0 Must use TLS 1.3");
+pub const MUST_USE_TLS13_TEMPORARY: Reply = Reply("450 4.7.0 Must use TLS 1.3");
+/// After a MAIL the proxy refused itself (Postfix's words): the pipelined
+/// RCPT and DATA that follow never reach the backend.
+pub const NEED_MAIL: Reply = Reply("503 5.5.1 Error: need MAIL command");
+pub const NEED_RCPT: Reply = Reply("503 5.5.1 Error: need RCPT command");
+/// DATA after every recipient of the transaction was refused by the proxy.
+pub const NO_VALID_RECIPIENTS: Reply = Reply("554 5.5.1 Error: no valid recipients");
 pub const AUTH_NEEDS_TLS: Reply = Reply("530 5.7.0 Must issue a STARTTLS command first");
 pub const BDAT_SYNTAX: Reply = Reply("501 5.5.4 Syntax: BDAT size [LAST]");
 pub const BDAT_NOT_OFFERED: Reply = Reply("502 5.5.1 Error: BDAT without CHUNKING");

@@ -31,6 +31,7 @@ const CERT_NOT_AFTER: &str = "starttls_proxy_certificate_not_after_timestamp_sec
 const CERT_RELOADS: &str = "starttls_proxy_certificate_reloads_total";
 const SMUGGLING: &str = "starttls_proxy_smtp_smuggling_attempts_total";
 const STARTTLS_INJECTION: &str = "starttls_proxy_starttls_injection_total";
+const TLS_POLICY: &str = "starttls_proxy_tls_policy_evaluations_total";
 
 /// Handshakes take milliseconds on loopback and up to the handshake
 /// timeout (30 s by default) for a stalled client.
@@ -115,6 +116,10 @@ fn describe() {
         "STARTTLS commands followed by pipelined bytes, which were discarded, by listener."
     );
     describe_counter!(
+        TLS_POLICY,
+        "TLS policy rules that matched a MAIL FROM or RCPT TO, by rule and result (satisfied, would_refuse, refused)."
+    );
+    describe_counter!(
         CERT_RELOADS,
         "Certificate reload attempts by result (success, failure, unchanged)."
     );
@@ -175,6 +180,26 @@ pub fn smuggling_attempt(listener: &str) {
 /// Bytes pipelined after STARTTLS were discarded (CVE-2011-0411 class).
 pub fn starttls_injection(listener: &str) {
     counter!(STARTTLS_INJECTION, "listener" => listener.to_string()).increment(1);
+}
+
+/// `tls_policy_evaluations_total` of one rule, one handle per result,
+/// registered when the rule is loaded: every series exists from the
+/// start at 0, so `increase()` sees the first refusal too.
+#[derive(Debug, Clone)]
+pub struct PolicyCounters {
+    pub satisfied: metrics::Counter,
+    pub would_refuse: metrics::Counter,
+    pub refused: metrics::Counter,
+}
+
+/// `rule` is a configured rule name.
+pub fn tls_policy_counters(rule: &str) -> PolicyCounters {
+    let c = |result: &'static str| counter!(TLS_POLICY, "policy" => rule.to_string(), "result" => result);
+    PolicyCounters {
+        satisfied: c("satisfied"),
+        would_refuse: c("would_refuse"),
+        refused: c("refused"),
+    }
 }
 
 /// Counts an open connection until dropped.

@@ -10,6 +10,15 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 
+/// Client-supplied text made safe for a log field: printable ASCII only
+/// (anything else becomes `?`), at most 128 characters.
+pub fn sanitize(s: &str) -> String {
+    s.chars()
+        .take(128)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect()
+}
+
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides the level.
 pub fn init_logs(config: &LogConfig) {
     let filter =

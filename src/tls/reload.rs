@@ -4,7 +4,8 @@
 //! file never takes the others down — and is retried on every poll, so a
 //! rotation refused for a reason that passes (a notBefore a few seconds
 //! ahead) is still taken. Established sessions keep what they negotiated.
-//! `SIGHUP` re-reads the whole config as well.
+//! `SIGHUP` re-reads the whole config as well, and hands it to whoever
+//! else applies reloadable settings (the TLS policy rules).
 //!
 //! The watcher's callback only asks for a reload; all the work happens in
 //! the reload task (Vector's `config/watcher.rs` is the model).
@@ -113,7 +114,12 @@ pub struct Reloader {
     watcher: Option<notify::RecommendedWatcher>,
     tx: mpsc::Sender<ReloadRequest>,
     rx: mpsc::Receiver<ReloadRequest>,
+    /// Called with every config a SIGHUP applied.
+    on_config: Option<ConfigHook>,
 }
+
+/// Applies the reloadable settings of a newly loaded config.
+pub type ConfigHook = Box<dyn Fn(&Config) + Send + Sync>;
 
 impl std::fmt::Debug for Reloader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -166,9 +172,17 @@ impl Reloader {
             watcher: None,
             tx,
             rx,
+            on_config: None,
         };
         r.rewatch();
         r
+    }
+
+    /// After each config reload that succeeds, `hook` gets the new config
+    /// (a failed one changes nothing, here or there).
+    pub fn on_config(mut self, hook: ConfigHook) -> Self {
+        self.on_config = Some(hook);
+        self
     }
 
     /// Recreates the watcher on the directories that matter now. Done after
@@ -560,6 +574,9 @@ impl Reloader {
         new.reload = self.config.reload;
         self.config = Arc::new(new);
         self.rewatch();
+        if let Some(hook) = &self.on_config {
+            hook(&self.config);
+        }
         info!(certificates = self.certs.len(), "config reloaded");
     }
 }

@@ -12,6 +12,9 @@
 #   TLS_CERT=f TLS_KEY=k  also offer STARTTLS with this chain (leaf first) and key
 #   DISCARD=1             accept and queue, but discard instead of writing Maildir files
 #   PROCS=N               default_process_limit (default 100)
+#   TRANSCRIPT=1          log every command smtpd reads from loopback clients
+#                         ("< localhost[127.0.0.1]: MAIL FROM:<…>", debug_peer_list):
+#                         what the backend saw, for tests that assert it saw nothing
 #   XCLIENT_HOSTS=list    smtpd_authorized_xclient_hosts (default 127.0.0.0/8)
 #   FORBID_BARE_NEWLINE=yes|no
 #                         smtpd_forbid_bare_newline (Postfix >= 3.5.23/3.6.13/3.7.9/3.8.4,
@@ -77,6 +80,9 @@ EOF
   if [ -n "${FORBID_BARE_NEWLINE:-}" ]; then
     postconf -c "$dir/etc" -e "smtpd_forbid_bare_newline = $FORBID_BARE_NEWLINE" \
       "smtpd_forbid_bare_newline_exclusions ="
+  fi
+  if [ "${TRANSCRIPT:-}" = 1 ]; then
+    postconf -c "$dir/etc" -e "debug_peer_list = 127.0.0.0/8" "debug_peer_level = 2"
   fi
   if [ "${DISCARD:-}" = 1 ]; then postconf -c "$dir/etc" -e virtual_transport=discard; fi
   if [ -n "${TLS_CERT:-}" ]; then

@@ -1042,6 +1042,29 @@ impl PostfixBackend {
         maildir_messages(&self.dir.join("maildir/new"))
     }
 
+    /// Every command line smtpd read from a client, in log order (needs
+    /// `TRANSCRIPT=1` at start): what the backend saw, health probes
+    /// included. Postfix logs asynchronously: wait for a later command
+    /// before asserting that an earlier one is absent.
+    pub fn commands(&self) -> Vec<String> {
+        let log = std::fs::read_to_string(self.dir.join("log/maillog")).unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains("/smtpd["))
+            .filter_map(|l| l.split_once("]: < ").map(|(_, rest)| rest))
+            .filter_map(|rest| rest.split_once("]: ").map(|(_, cmd)| cmd.to_string()))
+            .collect()
+    }
+
+    /// Waits until smtpd has logged a command containing `needle`.
+    pub fn wait_command(&self, needle: &str) {
+        wait_for(&format!("backend command {needle:?}"), TIMEOUT, || {
+            self.commands()
+                .iter()
+                .any(|c| c.contains(needle))
+                .then_some(())
+        });
+    }
+
     /// The delivered message containing `needle`, polling until it appears.
     pub fn delivered(&self, needle: &str) -> String {
         let dir = self.dir.join("maildir/new");
