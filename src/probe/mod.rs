@@ -1,7 +1,7 @@
 //! `starttls-proxy probe`: the client side of the STARTTLS diagnosis
 //! playbook (DESIGN.md §7), against any SMTP server.
 //!
-//! The flow, one module a step: resolve the name (`resolve`); for every
+//! The flow, one module a step: resolve the name (`dns`); for every
 //! address, connect and inspect (`endpoint`: the SMTP dialogue of `smtp`,
 //! rustls handshakes of `tls` with and without SNI at TLS 1.3 and 1.2, the
 //! hand-built TLS 1.0/1.1 ClientHello of `legacy`), all addresses and all
@@ -27,7 +27,6 @@ pub mod findings;
 pub mod legacy;
 pub mod mta_sts;
 pub mod report;
-pub mod resolve;
 pub mod smtp;
 mod tagged;
 pub mod tls;
@@ -221,8 +220,8 @@ impl std::fmt::Display for Target {
     }
 }
 
-/// `probe HOST[:PORT]`: resolve the name (A and AAAA, to `nameserver`
-/// when given), probe every address, judge.
+/// `probe HOST[:PORT]`: resolve the name (A and AAAA at once, through
+/// [`dns::Dns`], to `nameserver` when given), probe every address, judge.
 pub async fn probe_host(
     target: &Target,
     nameserver: Option<SocketAddr>,
@@ -231,15 +230,15 @@ pub async fn probe_host(
     let addresses = match &target.host {
         ServerName::IpAddress(ip) => Ok(vec![IpAddr::from(*ip)]),
         ServerName::DnsName(name) => {
-            resolve::addresses(name.as_ref(), nameserver, settings.timeouts.reply).await
+            host_addresses(name.as_ref(), nameserver, settings.timeouts.reply).await
         }
         _ => Ok(Vec::new()),
     };
     let addresses = match addresses {
         Ok(a) => a,
-        Err(e) => {
+        Err(why) => {
             let mx = target.host.to_str().into_owned();
-            let finding = findings::unresolvable(&mx, &describe(&e));
+            let finding = findings::unresolvable(&mx, &why);
             return Report::new(target.to_string(), Vec::new(), vec![finding]);
         }
     };
@@ -253,6 +252,23 @@ pub async fn probe_host(
     let reports = probe_endpoints(endpoints, settings).await;
     let found = findings::from_endpoints(&reports);
     Report::new(target.to_string(), reports, found)
+}
+
+/// A host's addresses, IPv4 first; why there are none otherwise (a failed
+/// lookup is said as such, never as "no records").
+async fn host_addresses(
+    name: &str,
+    nameserver: Option<SocketAddr>,
+    per_query: Duration,
+) -> Result<Vec<IpAddr>, String> {
+    let dns = dns::Dns::new(nameserver, per_query).map_err(|e| e.to_string())?;
+    let found = dns.addresses(name).await.map_err(|e| e.to_string())?;
+    let all = found.all();
+    match (all.is_empty(), found.error()) {
+        (false, _) => Ok(all),
+        (true, Some(e)) => Err(e.to_string()),
+        (true, None) => Err(format!("{name} has no A or AAAA record")),
+    }
 }
 
 /// An error and its causes on one line: "TLS handshake failed: received
