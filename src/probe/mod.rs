@@ -22,6 +22,7 @@
 pub mod chain;
 pub mod dane;
 pub mod dns;
+pub mod domain;
 pub mod endpoint;
 pub mod findings;
 pub mod legacy;
@@ -120,25 +121,40 @@ pub async fn probe_endpoints(
     endpoints: Vec<Endpoint>,
     settings: Arc<Settings>,
 ) -> Vec<EndpointReport> {
-    let mut set = JoinSet::new();
-    for (i, ep) in endpoints.iter().cloned().enumerate() {
+    let probes = endpoints.iter().cloned().map(|ep| {
         let s = settings.clone();
-        set.spawn(async move { (i, endpoint::probe_endpoint(ep, s).await) });
-    }
-    let mut done: Vec<Option<EndpointReport>> = endpoints.iter().map(|_| None).collect();
-    while let Some(joined) = set.join_next().await {
-        // A task that panicked leaves its slot empty, filled below.
-        if let Ok((i, report)) = joined
-            && let Some(slot) = done.get_mut(i)
-        {
-            *slot = Some(report);
-        }
-    }
+        endpoint::probe_endpoint(ep, s)
+    });
+    let done = concurrently(probes).await;
     endpoints
         .into_iter()
         .zip(done)
         .map(|(ep, r)| r.unwrap_or_else(|| EndpointReport::failed(ep, SessionError::Internal)))
         .collect()
+}
+
+/// Runs every future at once (each its own task), results in input order;
+/// `None` for a task that panicked.
+pub(crate) async fn concurrently<F, T>(futures: impl IntoIterator<Item = F>) -> Vec<Option<T>>
+where
+    F: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let mut set = JoinSet::new();
+    let mut count = 0;
+    for (i, f) in futures.into_iter().enumerate() {
+        set.spawn(async move { (i, f.await) });
+        count += 1;
+    }
+    let mut done: Vec<Option<T>> = (0..count).map(|_| None).collect();
+    while let Some(joined) = set.join_next().await {
+        if let Ok((i, value)) = joined
+            && let Some(slot) = done.get_mut(i)
+        {
+            *slot = Some(value);
+        }
+    }
+    done
 }
 
 /// `HOST[:PORT]` as given on the command line.
