@@ -7,6 +7,12 @@
 //! chain complete (fullchain, not cert.pem) and current, does the default
 //! certificate cover the MX name, which certificate a sender gets with and
 //! without SNI.
+//!
+//! `check --dns` (`check/dns.rs`) adds what only DNS can tell: do the
+//! proxy's names resolve to something that serves a good chain, and do
+//! the published TLSA records match the keys on disk.
+
+mod dns;
 
 use std::io::Write;
 use std::path::Path;
@@ -16,36 +22,45 @@ use std::sync::Arc;
 use rustls::SignatureScheme;
 use serde_json::{Value, json};
 
+use super::CheckArgs;
 use crate::config::Config;
+use crate::probe::own::OwnReport;
 use crate::tls::CertStore;
 use crate::tls::load::{LoadContext, fmt_time, load_certificate, now_unix};
 use crate::tls::store::covers;
 
 /// Signature schemes of a typical ECDSA-capable and an RSA-only client.
-const ECDSA_CLIENT: &[SignatureScheme] = &[
+pub(crate) const ECDSA_CLIENT: &[SignatureScheme] = &[
     SignatureScheme::ECDSA_NISTP256_SHA256,
     SignatureScheme::RSA_PSS_SHA256,
 ];
-const RSA_CLIENT: &[SignatureScheme] = &[
+pub(crate) const RSA_CLIENT: &[SignatureScheme] = &[
     SignatureScheme::RSA_PSS_SHA256,
     SignatureScheme::RSA_PKCS1_SHA256,
 ];
 
-pub fn main(path: &Path, json: bool) -> ExitCode {
-    let report = build(path);
+pub fn main(path: &Path, args: &CheckArgs) -> ExitCode {
+    let (mut report, loaded) = build(path);
+    // Only with --dns, and only once the config and certificates load.
+    let own = match (args.dns, loaded) {
+        (true, Some((config, store))) => dns::check(&config, &store, args, &mut report),
+        _ => None,
+    };
     // Output errors (a closed pipe) are not worth a panic.
     let mut out = std::io::stdout().lock();
     let failed = report["errors"].as_array().is_some_and(|e| !e.is_empty());
-    if json {
+    if args.json {
         let _ = writeln!(
             out,
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
+    } else if let Some(own) = &own {
+        print_text(&mut out, &report, Some(own));
     } else if failed {
-        print_text(&mut std::io::stderr().lock(), &report);
+        print_text(&mut std::io::stderr().lock(), &report, None);
     } else {
-        print_text(&mut out, &report);
+        print_text(&mut out, &report, None);
     }
     if failed {
         ExitCode::from(1)
@@ -74,14 +89,15 @@ fn push(v: &mut Value, key: &str, item: Value) {
     }
 }
 
-/// The whole report as JSON; the text output is printed from it.
-fn build(path: &Path) -> Value {
+/// The whole report as JSON (the text output is printed from it), and
+/// the config and certificate store when everything loaded.
+fn build(path: &Path) -> (Value, Option<(Config, CertStore)>) {
     let mut r = report(path);
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(errors) => {
             r["errors"] = json!(errors.0.iter().map(|e| e.to_string()).collect::<Vec<_>>());
-            return r;
+            return (r, None);
         }
     };
     r["hostname"] = json!(config.hostname);
@@ -89,7 +105,7 @@ fn build(path: &Path) -> Value {
         Ok(a) => a,
         Err(errors) => {
             r["errors"] = json!(errors.0.iter().map(|e| e.to_string()).collect::<Vec<_>>());
-            return r;
+            return (r, None);
         }
     };
     r["trust_anchors"] = json!(anchors.describe());
@@ -143,7 +159,7 @@ fn build(path: &Path) -> Value {
         }
     }
     if loaded.len() != config.certificates.len() {
-        return r;
+        return (r, None);
     }
     let store = match CertStore::new(loaded, config.tls.default_certificate) {
         Ok(s) => s,
@@ -153,7 +169,7 @@ fn build(path: &Path) -> Value {
                 "errors",
                 json!(format!("{}: certificate: {e}", config.path.display())),
             );
-            return r;
+            return (r, None);
         }
     };
 
@@ -201,13 +217,16 @@ fn build(path: &Path) -> Value {
             )),
         );
     }
-    r
+    (r, Some((config, store)))
 }
 
-fn print_text(out: &mut impl Write, r: &Value) {
+/// The report for a person. Without `own` (no --dns) errors mean the
+/// config did not load, and only they are printed; with it, errors come
+/// from DNS and follow the rest.
+fn print_text(out: &mut impl Write, r: &Value, own: Option<&OwnReport>) {
     let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
     let errors = r["errors"].as_array().cloned().unwrap_or_default();
-    if !errors.is_empty() {
+    if own.is_none() && !errors.is_empty() {
         for e in &errors {
             let _ = writeln!(out, "error: {}", s(e));
         }
@@ -271,9 +290,21 @@ fn print_text(out: &mut impl Write, r: &Value) {
         );
     }
     let _ = writeln!(out, "without SNI: certificate {}", served(&r["no_sni"]));
+    if let Some(own) = own {
+        let _ = dns::print_text(out, own);
+    }
     let warnings = r["warnings"].as_array().cloned().unwrap_or_default();
     for w in &warnings {
         let _ = writeln!(out, "warning: {}", s(w));
     }
-    let _ = writeln!(out, "{} warning(s), 0 errors", warnings.len());
+    for e in &errors {
+        let _ = writeln!(out, "error: {}", s(e));
+    }
+    let _ = writeln!(
+        out,
+        "{} warning(s), {} error{}",
+        warnings.len(),
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    );
 }

@@ -27,6 +27,7 @@ pub mod endpoint;
 pub mod findings;
 pub mod legacy;
 pub mod mta_sts;
+pub mod own;
 pub mod report;
 pub mod smtp;
 mod tagged;
