@@ -13,11 +13,13 @@
 //! MTA-STS discovery and policy (`mta_sts`) and TLS-RPT (`tlsrpt`); they
 //! return structured values, findings are made from them here.
 //!
-//! Extension points, for `--domain` and `check --dns`: [`probe_endpoints`]
-//! takes any list of (name, address) endpoints, e.g. every address of every
-//! MX; findings from other sources (DANE, MTA-STS, TLS-RPT, PTR) are
-//! appended to [`report::Report::findings`] before [`findings::rank`], and
-//! they count in the exit code and the MTA-STS verdict like the others.
+//! `domain` runs the whole playbook for `probe --domain` (MX hosts, their
+//! endpoints, DANE, MTA-STS, TLS-RPT, PTR) and `own` the proxy's side of
+//! it for `check --dns`. Both build on [`probe_endpoints`], which takes
+//! any list of (name, address) endpoints, e.g. every address of every MX;
+//! findings from other sources are appended before [`findings::rank`],
+//! and they count in the exit code and the MTA-STS verdict like the
+//! others.
 
 pub mod chain;
 pub mod dane;
