@@ -176,57 +176,63 @@ fn tlsa_findings(
     certificates: &[OwnCertificate],
     port: u16,
 ) -> Vec<Finding> {
-    let mut out = Vec::new();
-    for c in checks
+    let mut out: Vec<Finding> = checks
         .iter()
         .filter(|c| c.report.verdict == Verdict::NoMatch)
-    {
-        let Some(cert) = certificates.get(c.certificate) else {
-            continue;
-        };
-        let published: Vec<String> = c
-            .report
-            .records
-            .iter()
-            .map(|r| r.record.to_string())
-            .collect();
-        out.push(Finding::new(
-            Code::DaneMismatch,
-            Some(c.name.clone()),
-            None,
-            format!(
-                "certificate {:?} on disk ({}) matches none of the TLSA records at {} (published: {}); DANE senders that get it refuse to deliver",
-                cert.name,
-                cert.chain_path.display(),
-                dane::tlsa_owner(&c.name, port),
-                published.join("; ")
-            ),
-            publish_fix(c.publish.as_ref(), &c.name, port),
-        ));
-    }
+        .filter_map(|c| Some(mismatch(c, certificates.get(c.certificate)?, port)))
+        .collect();
     for (n, f) in names.iter().zip(facts) {
-        let published = matches!(f.tlsa, Ok(Answer::Records { .. }));
+        // A failed lookup says nothing about whether records exist.
+        if !matches!(f.tlsa, Ok(Answer::NoData | Answer::NxDomain)) {
+            continue;
+        }
         for cert in n
             .certificates
             .iter()
             .filter_map(|&i| certificates.get(i))
-            .filter(|c| c.dane_only && !published && f.tlsa.is_ok())
+            .filter(|c| c.dane_only)
         {
-            let publish = dane::tlsa_311_for_key_file(&cert.key_path).ok();
-            out.push(Finding::new(
-                Code::DaneMismatch,
-                Some(n.name.clone()),
-                None,
-                format!(
-                    "certificate {:?} has chain_check = \"dane-ee\", but {} has no TLSA records: nothing vouches for it",
-                    cert.name,
-                    dane::tlsa_owner(&n.name, port)
-                ),
-                publish_fix(publish.as_ref(), &n.name, port),
-            ));
+            out.push(unvouched(cert, &n.name, port));
         }
     }
     out
+}
+
+fn mismatch(c: &TlsaCheck, cert: &OwnCertificate, port: u16) -> Finding {
+    let published: Vec<String> = c
+        .report
+        .records
+        .iter()
+        .map(|r| r.record.to_string())
+        .collect();
+    Finding::new(
+        Code::DaneMismatch,
+        Some(c.name.clone()),
+        None,
+        format!(
+            "certificate {:?} on disk ({}) matches none of the TLSA records at {} (published: {}); DANE senders that get it refuse to deliver",
+            cert.name,
+            cert.chain_path.display(),
+            dane::tlsa_owner(&c.name, port),
+            published.join("; ")
+        ),
+        publish_fix(c.publish.as_ref(), &c.name, port),
+    )
+}
+
+fn unvouched(cert: &OwnCertificate, name: &str, port: u16) -> Finding {
+    let publish = dane::tlsa_311_for_key_file(&cert.key_path).ok();
+    Finding::new(
+        Code::DaneMismatch,
+        Some(name.to_string()),
+        None,
+        format!(
+            "certificate {:?} has chain_check = \"dane-ee\", but {} has no TLSA records: nothing vouches for it",
+            cert.name,
+            dane::tlsa_owner(name, port)
+        ),
+        publish_fix(publish.as_ref(), name, port),
+    )
 }
 
 fn publish_fix(record: Option<&TlsaRecord>, name: &str, port: u16) -> String {
@@ -239,5 +245,63 @@ fn publish_fix(record: Option<&TlsaRecord>, name: &str, port: u16) -> String {
             "publish a TLSA record at {} for the key on disk",
             dane::tlsa_owner(name, port)
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(tlsa: Result<Answer<TlsaRecord>, DnsError>) -> NameFacts {
+        NameFacts {
+            name: "mx1.example.test".into(),
+            addresses: Ok(Addresses {
+                v4: Ok(Answer::NoData),
+                v6: Ok(Answer::NoData),
+            }),
+            tlsa,
+        }
+    }
+
+    fn cert(dane_only: bool) -> OwnCertificate {
+        OwnCertificate {
+            name: "mx1".into(),
+            chain: Vec::new(),
+            chain_path: "/nonexistent/fullchain.pem".into(),
+            key_path: "/nonexistent/privkey.pem".into(),
+            dane_only,
+        }
+    }
+
+    #[test]
+    fn a_dane_ee_certificate_without_tlsa_is_vouched_for_by_nothing() {
+        let names = [OwnName {
+            name: "mx1.example.test".into(),
+            certificates: vec![0],
+        }];
+        let found = tlsa_findings(&[], &names, &[facts(Ok(Answer::NoData))], &[cert(true)], 25);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].code, Code::DaneMismatch);
+        assert!(found[0].message.contains("dane-ee"), "{}", found[0].message);
+        assert_eq!(
+            found[0].fix,
+            "publish a TLSA record at _25._tcp.mx1.example.test for the key on disk"
+        );
+        // A full-chain certificate needs no TLSA; a failed lookup proves nothing.
+        assert!(
+            tlsa_findings(
+                &[],
+                &names,
+                &[facts(Ok(Answer::NoData))],
+                &[cert(false)],
+                25
+            )
+            .is_empty()
+        );
+        let failed = Err(DnsError::Timeout {
+            query: "TLSA _25._tcp.mx1.example.test.".into(),
+            timeout: Duration::from_secs(1),
+        });
+        assert!(tlsa_findings(&[], &names, &[facts(failed)], &[cert(true)], 25).is_empty());
     }
 }

@@ -12,7 +12,7 @@ use super::{ECDSA_CLIENT, RSA_CLIENT, push};
 use crate::cli::CheckArgs;
 use crate::config::{ChainCheck, Config, ListenerMode};
 use crate::probe::dns::Answer;
-use crate::probe::own::{self, OwnCertificate, OwnName, OwnReport};
+use crate::probe::own::{self, NameFacts, OwnCertificate, OwnName, OwnReport};
 use crate::probe::{Finding, Settings, Severity, Timeouts, describe};
 use crate::tls::CertStore;
 use crate::tls::load::now_unix;
@@ -135,48 +135,16 @@ fn own_names(config: &Config, store: &CertStore, certs: &[OwnCertificate]) -> Ve
 
 /// The `dns` object, and each finding as an error, a warning or a note.
 fn record(r: &mut Value, own: &OwnReport) {
-    let names: Vec<Value> = own
-        .names
-        .iter()
-        .map(|n| {
-            let (addresses, error) = match &n.addresses {
-                Ok(a) => (
-                    a.all().iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    a.error().map(ToString::to_string),
-                ),
-                Err(e) => (Vec::new(), Some(e.to_string())),
-            };
-            let (tlsa, authenticated, tlsa_error) = match &n.tlsa {
-                Ok(a) => (
-                    a.records().iter().map(ToString::to_string).collect(),
-                    a.authenticated(),
-                    None,
-                ),
-                Err(e) => (Vec::new(), false, Some(e.to_string())),
-            };
-            json!({
-                "name": n.name, "addresses": addresses, "error": error,
-                "tlsa": tlsa, "tlsa_authenticated": authenticated, "tlsa_error": tlsa_error,
-            })
-        })
-        .collect();
-    let tlsa: Vec<Value> = own
-        .tlsa
-        .iter()
-        .map(|c| {
-            json!({
-                "name": c.name,
-                "certificate": c.certificate_name,
-                "verdict": c.report.verdict.as_str(),
-                "publish": c.publish.as_ref().map(|p| p.zone_line(&c.name, own.port)),
-            })
-        })
-        .collect();
     let probe = own.probe.to_json();
     r["dns"] = json!({
         "port": own.port,
-        "names": names,
-        "tlsa": tlsa,
+        "names": own.names.iter().map(name_json).collect::<Vec<_>>(),
+        "tlsa": own.tlsa.iter().map(|c| json!({
+            "name": c.name,
+            "certificate": c.certificate_name,
+            "verdict": c.report.verdict.as_str(),
+            "publish": c.publish.as_ref().map(|p| p.zone_line(&c.name, own.port)),
+        })).collect::<Vec<_>>(),
         "endpoints": probe["endpoints"],
         "addresses": probe["addresses"],
         "findings": probe["findings"],
@@ -192,6 +160,28 @@ fn record(r: &mut Value, own: &OwnReport) {
         }
         push(r, key, json!(finding_line(f)));
     }
+}
+
+fn name_json(n: &NameFacts) -> Value {
+    let (addresses, error) = match &n.addresses {
+        Ok(a) => (
+            a.all().iter().map(ToString::to_string).collect::<Vec<_>>(),
+            a.error().map(ToString::to_string),
+        ),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    let (tlsa, authenticated, tlsa_error) = match &n.tlsa {
+        Ok(a) => (
+            a.records().iter().map(ToString::to_string).collect(),
+            a.authenticated(),
+            None,
+        ),
+        Err(e) => (Vec::new(), false, Some(e.to_string())),
+    };
+    json!({
+        "name": n.name, "addresses": addresses, "error": error,
+        "tlsa": tlsa, "tlsa_authenticated": authenticated, "tlsa_error": tlsa_error,
+    })
 }
 
 /// `dane_mismatch mx1.example.test: … (fix: …)`.

@@ -326,27 +326,38 @@ fn write_certificates(out: &mut impl Write, endpoints: &[EndpointReport]) -> io:
             clean(&c.names.join(", ")),
             fmt_date(c.not_after)
         )?;
-        // MX → address → (with SNI, without SNI).
-        let mut by_mx: BTreeMap<&str, Vec<(&str, bool, bool)>> = BTreeMap::new();
-        for (mx, address, sni) in &c.at {
-            let list = by_mx.entry(mx.as_str()).or_default();
-            let i = match list.iter().position(|(a, _, _)| a == address) {
-                Some(i) => i,
-                None => {
-                    list.push((address.as_str(), false, false));
-                    list.len() - 1
-                }
-            };
-            if let Some(entry) = list.get_mut(i) {
-                if *sni {
-                    entry.1 = true;
-                } else {
-                    entry.2 = true;
-                }
+        for (mx, places) in places_by_mx(&c.at) {
+            writeln!(out, "    {mx}: {}", places.join(", "))?;
+        }
+    }
+    Ok(())
+}
+
+/// Where one leaf was served, per MX: each address once, marked when it
+/// served the leaf only with or only without SNI.
+fn places_by_mx(at: &[(String, String, bool)]) -> BTreeMap<&str, Vec<String>> {
+    // MX → [(address, with SNI, without SNI)].
+    let mut seen: BTreeMap<&str, Vec<(&str, bool, bool)>> = BTreeMap::new();
+    for (mx, address, sni) in at {
+        let list = seen.entry(mx.as_str()).or_default();
+        let i = match list.iter().position(|(a, _, _)| a == address) {
+            Some(i) => i,
+            None => {
+                list.push((address.as_str(), false, false));
+                list.len() - 1
+            }
+        };
+        if let Some(entry) = list.get_mut(i) {
+            if *sni {
+                entry.1 = true;
+            } else {
+                entry.2 = true;
             }
         }
-        for (mx, list) in by_mx {
-            let places: Vec<String> = list
+    }
+    seen.into_iter()
+        .map(|(mx, list)| {
+            let places = list
                 .iter()
                 .map(|(a, sni, no_sni)| match (sni, no_sni) {
                     (true, false) => format!("{a} (with SNI only)"),
@@ -354,10 +365,9 @@ fn write_certificates(out: &mut impl Write, endpoints: &[EndpointReport]) -> io:
                     _ => a.to_string(),
                 })
                 .collect();
-            writeln!(out, "    {mx}: {}", places.join(", "))?;
-        }
-    }
-    Ok(())
+            (mx, places)
+        })
+        .collect()
 }
 
 fn write_dane(out: &mut impl Write, f: &DomainFacts) -> io::Result<()> {
