@@ -28,7 +28,7 @@ fn main() -> ExitCode {
     };
     match command {
         Command::Run(args) => run::main(&config, args.log_format),
-        Command::Check { json } => check::main(&config, json),
+        Command::Check(args) => check::main(&config, &args),
         Command::Probe(args) => probe::main(args),
     }
 }

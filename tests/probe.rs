@@ -769,8 +769,8 @@ fn usage_errors_exit_2_with_a_message() {
         (&["probe", "a b"][..], "is not HOST[:PORT]"),
         (&["probe", "mx.example.test:0"][..], "port"),
         (
-            &["probe", "--domain", "example.test"][..],
-            "not implemented",
+            &["probe", "--domain", "192.0.2.1"][..],
+            "is not a domain name",
         ),
         (
             &["probe", "mx.example.test", "--timeout", "0"][..],

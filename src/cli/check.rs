@@ -7,6 +7,12 @@
 //! chain complete (fullchain, not cert.pem) and current, does the default
 //! certificate cover the MX name, which certificate a sender gets with and
 //! without SNI. It lists the TLS policy rules and what each matches.
+//!
+//! `check --dns` (`check/dns.rs`) adds what only DNS can tell: do the
+//! proxy's names resolve to something that serves a good chain, and do
+//! the published TLSA records match the keys on disk.
+
+mod dns;
 
 use std::io::Write;
 use std::path::Path;
@@ -16,37 +22,46 @@ use std::sync::Arc;
 use rustls::SignatureScheme;
 use serde_json::{Value, json};
 
+use super::CheckArgs;
 use crate::config::{Config, PolicyMode, Require, TlsRule};
 use crate::policy::{self, Stage, TlsState};
+use crate::probe::own::OwnReport;
 use crate::tls::CertStore;
 use crate::tls::load::{LoadContext, fmt_time, load_certificate, now_unix};
 use crate::tls::store::covers;
 
 /// Signature schemes of a typical ECDSA-capable and an RSA-only client.
-const ECDSA_CLIENT: &[SignatureScheme] = &[
+pub(crate) const ECDSA_CLIENT: &[SignatureScheme] = &[
     SignatureScheme::ECDSA_NISTP256_SHA256,
     SignatureScheme::RSA_PSS_SHA256,
 ];
-const RSA_CLIENT: &[SignatureScheme] = &[
+pub(crate) const RSA_CLIENT: &[SignatureScheme] = &[
     SignatureScheme::RSA_PSS_SHA256,
     SignatureScheme::RSA_PKCS1_SHA256,
 ];
 
-pub fn main(path: &Path, json: bool) -> ExitCode {
-    let report = build(path);
+pub fn main(path: &Path, args: &CheckArgs) -> ExitCode {
+    let (mut report, loaded) = build(path);
+    // Only with --dns, and only once the config and certificates load.
+    let own = match (args.dns, loaded) {
+        (true, Some((config, store))) => dns::check(&config, &store, args, &mut report),
+        _ => None,
+    };
     // Output errors (a closed pipe) are not worth a panic.
     let mut out = std::io::stdout().lock();
     let failed = report["errors"].as_array().is_some_and(|e| !e.is_empty());
-    if json {
+    if args.json {
         let _ = writeln!(
             out,
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
+    } else if let Some(own) = &own {
+        print_text(&mut out, &report, Some(own));
     } else if failed {
-        print_text(&mut std::io::stderr().lock(), &report);
+        print_text(&mut std::io::stderr().lock(), &report, None);
     } else {
-        print_text(&mut out, &report);
+        print_text(&mut out, &report, None);
     }
     if failed {
         ExitCode::from(1)
@@ -76,14 +91,15 @@ fn push(v: &mut Value, key: &str, item: Value) {
     }
 }
 
-/// The whole report as JSON; the text output is printed from it.
-fn build(path: &Path) -> Value {
+/// The whole report as JSON (the text output is printed from it), and
+/// the config and certificate store when everything loaded.
+fn build(path: &Path) -> (Value, Option<(Config, CertStore)>) {
     let mut r = report(path);
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(errors) => {
             r["errors"] = json!(errors.0.iter().map(|e| e.to_string()).collect::<Vec<_>>());
-            return r;
+            return (r, None);
         }
     };
     r["hostname"] = json!(config.hostname);
@@ -103,7 +119,7 @@ fn build(path: &Path) -> Value {
         Ok(a) => a,
         Err(errors) => {
             r["errors"] = json!(errors.0.iter().map(|e| e.to_string()).collect::<Vec<_>>());
-            return r;
+            return (r, None);
         }
     };
     r["trust_anchors"] = json!(anchors.describe());
@@ -157,7 +173,7 @@ fn build(path: &Path) -> Value {
         }
     }
     if loaded.len() != config.certificates.len() {
-        return r;
+        return (r, None);
     }
     let store = match CertStore::new(loaded, config.tls.default_certificate) {
         Ok(s) => s,
@@ -167,7 +183,7 @@ fn build(path: &Path) -> Value {
                 "errors",
                 json!(format!("{}: certificate: {e}", config.path.display())),
             );
-            return r;
+            return (r, None);
         }
     };
 
@@ -215,7 +231,7 @@ fn build(path: &Path) -> Value {
             )),
         );
     }
-    r
+    (r, Some((config, store)))
 }
 
 /// One `[[tls_policy]]` rule: what it matches, where it is asked, and
@@ -317,10 +333,13 @@ fn print_rules(out: &mut impl Write, r: &Value) {
     }
 }
 
-fn print_text(out: &mut impl Write, r: &Value) {
+/// The report for a person. Without `own` (no --dns) errors mean the
+/// config did not load, and only they are printed; with it, errors come
+/// from DNS and follow the rest.
+fn print_text(out: &mut impl Write, r: &Value, own: Option<&OwnReport>) {
     let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
     let errors = r["errors"].as_array().cloned().unwrap_or_default();
-    if !errors.is_empty() {
+    if own.is_none() && !errors.is_empty() {
         for e in &errors {
             let _ = writeln!(out, "error: {}", s(e));
         }
@@ -385,9 +404,21 @@ fn print_text(out: &mut impl Write, r: &Value) {
     }
     let _ = writeln!(out, "without SNI: certificate {}", served(&r["no_sni"]));
     print_rules(out, r);
+    if let Some(own) = own {
+        let _ = dns::print_text(out, own);
+    }
     let warnings = r["warnings"].as_array().cloned().unwrap_or_default();
     for w in &warnings {
         let _ = writeln!(out, "warning: {}", s(w));
     }
-    let _ = writeln!(out, "{} warning(s), 0 errors", warnings.len());
+    for e in &errors {
+        let _ = writeln!(out, "error: {}", s(e));
+    }
+    let _ = writeln!(
+        out,
+        "{} warning(s), {} error{}",
+        warnings.len(),
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    );
 }

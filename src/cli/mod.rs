@@ -4,7 +4,9 @@ pub mod check;
 pub mod probe;
 pub mod run;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -34,17 +36,41 @@ pub struct RunArgs {
     pub log_format: Option<crate::config::LogFormat>,
 }
 
+/// Options of `check`. Without `--dns` it reads only files, as `run`
+/// does at start.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CheckArgs {
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Also look at the proxy through DNS, as senders do: probe the
+    /// hostname and the certificate names where they resolve, and compare
+    /// published TLSA records with the certificate and key files on disk.
+    #[arg(long)]
+    pub dns: bool,
+    /// With --dns: send every DNS query to this server (port 53 when not
+    /// given).
+    #[arg(long, value_name = "IP:PORT", requires = "dns", value_parser = probe::parse_nameserver)]
+    pub nameserver: Option<SocketAddr>,
+    /// With --dns: more trust anchors (PEM roots) for the probe.
+    #[arg(long, value_name = "FILE", requires = "dns")]
+    pub ca: Option<PathBuf>,
+    /// With --dns: the SMTP port to probe and of the TLSA records
+    /// (`_PORT._tcp.NAME`); default: the first STARTTLS listener's, else 25.
+    #[arg(long, value_name = "N", requires = "dns")]
+    pub smtp_port: Option<u16>,
+    /// With --dns: the limit for every step of the probe, in seconds.
+    #[arg(long, value_name = "SECS", requires = "dns", value_parser = probe::parse_timeout)]
+    pub timeout: Option<Duration>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Run the proxy (the default).
     Run(RunArgs),
     /// Validate the config and every certificate as `run` would, print a
     /// report, exit non-zero on errors.
-    Check {
-        /// Print the report as one JSON object.
-        #[arg(long)]
-        json: bool,
-    },
+    Check(CheckArgs),
     /// Diagnose an SMTP server's STARTTLS from the sender's side: every
     /// address, with and without SNI, TLS 1.3, 1.2 and legacy; chain,
     /// names, expiry; findings with fixes (DESIGN.md §7).
@@ -61,14 +87,14 @@ impl Cli {
             Some(Cmd::Run(args)) => Command::Run(RunArgs {
                 log_format: args.log_format.or(self.run.log_format),
             }),
-            Some(Cmd::Check { json }) => {
+            Some(Cmd::Check(args)) => {
                 if self.run.log_format.is_some() {
                     return Err(<Self as clap::CommandFactory>::command().error(
                         clap::error::ErrorKind::ArgumentConflict,
                         "--log-format applies to `run` only, not to `check`",
                     ));
                 }
-                Command::Check { json }
+                Command::Check(args)
             }
             Some(Cmd::Probe(args)) => {
                 if self.run.log_format.is_some() {
@@ -88,6 +114,6 @@ impl Cli {
 #[derive(Debug)]
 pub enum Command {
     Run(RunArgs),
-    Check { json: bool },
+    Check(CheckArgs),
     Probe(probe::ProbeArgs),
 }

@@ -1,6 +1,6 @@
-//! `starttls-proxy probe HOST[:PORT]`: arguments and output only; the work
-//! is `crate::probe`'s. Exit 0 nothing found, 1 warnings only, 2 errors
-//! (and usage errors), as DESIGN.md §7 says.
+//! `starttls-proxy probe HOST[:PORT] | --domain DOMAIN`: arguments and
+//! output only; the work is `crate::probe`'s. Exit 0 nothing found, 1
+//! warnings only, 2 errors (and usage errors), as DESIGN.md §7 says.
 
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::probe::domain::{DomainOptions, probe_domain};
 use crate::probe::{Settings, Target, Timeouts, describe, probe_host};
 use crate::tls::validate::TrustAnchors;
 
@@ -26,7 +27,8 @@ pub struct ProbeArgs {
         conflicts_with = "domain"
     )]
     pub target: Option<String>,
-    /// Probe every MX host of DOMAIN (with DANE, MTA-STS and TLS-RPT).
+    /// Probe every MX host of DOMAIN on --smtp-port, with DANE, MTA-STS,
+    /// TLS-RPT and PTR checks.
     #[arg(long, value_name = "DOMAIN")]
     pub domain: Option<String>,
     /// Print the report as one JSON object.
@@ -38,7 +40,8 @@ pub struct ProbeArgs {
     /// Send every DNS query to this server (port 53 when not given).
     #[arg(long, value_name = "IP:PORT", value_parser = parse_nameserver)]
     pub nameserver: Option<SocketAddr>,
-    /// The SMTP port, when HOST has none (and for MX hosts).
+    /// The SMTP port, when HOST has none; with --domain, the port of every
+    /// MX host (and of its TLSA records, `_PORT._tcp.MX`).
     #[arg(long, value_name = "N", default_value_t = 25)]
     pub smtp_port: u16,
     /// The HTTPS port the MTA-STS policy is fetched from.
@@ -50,7 +53,7 @@ pub struct ProbeArgs {
     pub timeout: Option<Duration>,
 }
 
-fn parse_nameserver(s: &str) -> Result<SocketAddr, String> {
+pub(crate) fn parse_nameserver(s: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(a);
     }
@@ -60,7 +63,7 @@ fn parse_nameserver(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{s:?} is not IP, IP:PORT or [IPv6]:PORT"))
 }
 
-fn parse_timeout(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_timeout(s: &str) -> Result<Duration, String> {
     match s.parse::<f64>() {
         Ok(secs) if secs > 0.0 && secs <= 3600.0 => Ok(Duration::from_secs_f64(secs)),
         _ => Err(format!("{s:?} is not a number of seconds from 0 to 3600")),
@@ -77,17 +80,21 @@ pub fn main(args: ProbeArgs) -> ExitCode {
     }
 }
 
+/// What to probe: one host, or a whole domain.
+enum What {
+    Host(Target),
+    Domain(String),
+}
+
 /// The exit code, or a usage/setup error (exit 2).
 fn run(args: &ProbeArgs) -> Result<u8, String> {
-    if args.domain.is_some() {
-        return Err(
-            "--domain is not implemented yet: probe each MX host by name (HOST[:PORT])".into(),
-        );
-    }
-    let Some(raw) = &args.target else {
-        return Err("give HOST[:PORT] or --domain DOMAIN".into());
+    let what = match (&args.domain, &args.target) {
+        (Some(domain), _) => What::Domain(domain.clone()),
+        (None, Some(raw)) => {
+            What::Host(Target::parse(raw, args.smtp_port).map_err(|e| e.to_string())?)
+        }
+        (None, None) => return Err("give HOST[:PORT] or --domain DOMAIN".into()),
     };
-    let target = Target::parse(raw, args.smtp_port).map_err(|e| e.to_string())?;
     let anchors = TrustAnchors::load(args.ca.as_deref()).map_err(|e| describe(&e))?;
     let settings = Arc::new(Settings {
         timeouts: args
@@ -100,7 +107,19 @@ fn run(args: &ProbeArgs) -> Result<u8, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    let report = runtime.block_on(probe_host(&target, args.nameserver, settings));
+    let report = match what {
+        What::Host(target) => runtime.block_on(probe_host(&target, args.nameserver, settings)),
+        What::Domain(domain) => {
+            let opts = DomainOptions {
+                nameserver: args.nameserver,
+                smtp_port: args.smtp_port,
+                mta_sts_port: args.mta_sts_port,
+            };
+            runtime
+                .block_on(probe_domain(&domain, &opts, settings))
+                .map_err(|e| describe(&e))?
+        }
+    };
     let stdout = std::io::stdout();
     let colour = stdout.is_terminal();
     let mut out = stdout.lock();

@@ -92,6 +92,23 @@ impl Code {
         }
     }
 
+    /// Whether an enforcing MTA-STS sender would refuse to deliver
+    /// because of it (RFC 8461 §4: STARTTLS with a certificate that
+    /// verifies and covers the MX name, an MX the policy lists): every
+    /// error about the endpoints or the policy, an address that could not
+    /// be judged at all (`unreachable`), and a default certificate that
+    /// fails senders without SNI. Not `dane_mismatch` (DANE senders use
+    /// TLSA, not the policy) and not `ipv4_ipv6_mismatch` (each
+    /// certificate is judged on its own; one that fails has its own
+    /// finding).
+    pub fn blocks_mta_sts(&self) -> bool {
+        match self {
+            Self::DaneMismatch | Self::Ipv4Ipv6Mismatch => false,
+            Self::NosniNameMismatch => true,
+            c => c.severity() == Severity::Error,
+        }
+    }
+
     /// What breaks delivery first: 0 stops all TLS, 1 fails validating
     /// senders, 2 warnings, 3 information.
     pub fn tier(&self) -> u8 {
@@ -168,13 +185,13 @@ pub fn exit_code(findings: &[Finding]) -> u8 {
     }
 }
 
-/// What stands between these endpoints and an MTA-STS `enforce` policy:
-/// every error (an enforcing sender defers on each), and a default
-/// certificate that fails senders without SNI.
+/// What stands between these endpoints (and, with `--domain`, the
+/// domain's policy) and an MTA-STS `enforce` policy: see
+/// [`Code::blocks_mta_sts`].
 pub fn mta_sts_blockers(findings: &[Finding]) -> Vec<&Finding> {
     findings
         .iter()
-        .filter(|f| f.severity == Severity::Error || f.code == Code::NosniNameMismatch)
+        .filter(|f| f.code.blocks_mta_sts())
         .collect()
 }
 
@@ -643,5 +660,26 @@ mod tests {
         ];
         let codes: Vec<Code> = mta_sts_blockers(&v).iter().map(|f| f.code).collect();
         assert_eq!(codes, [Code::NosniNameMismatch, Code::Untrusted]);
+    }
+
+    #[test]
+    fn dane_and_address_parity_do_not_block_mta_sts() {
+        let v = [
+            f(Code::DaneMismatch, "a"),
+            f(Code::Ipv4Ipv6Mismatch, "a"),
+            f(Code::MtaStsMxNotCovered, "b"),
+            f(Code::MtaStsPolicyInvalid, "c"),
+            f(Code::Unreachable, "d"),
+            f(Code::TlsrptMissing, "e"),
+        ];
+        let codes: Vec<Code> = mta_sts_blockers(&v).iter().map(|f| f.code).collect();
+        assert_eq!(
+            codes,
+            [
+                Code::MtaStsMxNotCovered,
+                Code::MtaStsPolicyInvalid,
+                Code::Unreachable
+            ]
+        );
     }
 }

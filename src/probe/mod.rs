@@ -1,7 +1,7 @@
 //! `starttls-proxy probe`: the client side of the STARTTLS diagnosis
 //! playbook (DESIGN.md §7), against any SMTP server.
 //!
-//! The flow, one module a step: resolve the name (`resolve`); for every
+//! The flow, one module a step: resolve the name (`dns`); for every
 //! address, connect and inspect (`endpoint`: the SMTP dialogue of `smtp`,
 //! rustls handshakes of `tls` with and without SNI at TLS 1.3 and 1.2, the
 //! hand-built TLS 1.0/1.1 ClientHello of `legacy`), all addresses and all
@@ -13,21 +13,24 @@
 //! MTA-STS discovery and policy (`mta_sts`) and TLS-RPT (`tlsrpt`); they
 //! return structured values, findings are made from them here.
 //!
-//! Extension points, for `--domain` and `check --dns`: [`probe_endpoints`]
-//! takes any list of (name, address) endpoints, e.g. every address of every
-//! MX; findings from other sources (DANE, MTA-STS, TLS-RPT, PTR) are
-//! appended to [`report::Report::findings`] before [`findings::rank`], and
-//! they count in the exit code and the MTA-STS verdict like the others.
+//! `domain` runs the whole playbook for `probe --domain` (MX hosts, their
+//! endpoints, DANE, MTA-STS, TLS-RPT, PTR) and `own` the proxy's side of
+//! it for `check --dns`. Both build on [`probe_endpoints`], which takes
+//! any list of (name, address) endpoints, e.g. every address of every MX;
+//! findings from other sources are appended before [`findings::rank`],
+//! and they count in the exit code and the MTA-STS verdict like the
+//! others.
 
 pub mod chain;
 pub mod dane;
 pub mod dns;
+pub mod domain;
 pub mod endpoint;
 pub mod findings;
 pub mod legacy;
 pub mod mta_sts;
+pub mod own;
 pub mod report;
-pub mod resolve;
 pub mod smtp;
 mod tagged;
 pub mod tls;
@@ -121,25 +124,40 @@ pub async fn probe_endpoints(
     endpoints: Vec<Endpoint>,
     settings: Arc<Settings>,
 ) -> Vec<EndpointReport> {
-    let mut set = JoinSet::new();
-    for (i, ep) in endpoints.iter().cloned().enumerate() {
+    let probes = endpoints.iter().cloned().map(|ep| {
         let s = settings.clone();
-        set.spawn(async move { (i, endpoint::probe_endpoint(ep, s).await) });
-    }
-    let mut done: Vec<Option<EndpointReport>> = endpoints.iter().map(|_| None).collect();
-    while let Some(joined) = set.join_next().await {
-        // A task that panicked leaves its slot empty, filled below.
-        if let Ok((i, report)) = joined
-            && let Some(slot) = done.get_mut(i)
-        {
-            *slot = Some(report);
-        }
-    }
+        endpoint::probe_endpoint(ep, s)
+    });
+    let done = concurrently(probes).await;
     endpoints
         .into_iter()
         .zip(done)
         .map(|(ep, r)| r.unwrap_or_else(|| EndpointReport::failed(ep, SessionError::Internal)))
         .collect()
+}
+
+/// Runs every future at once (each its own task), results in input order;
+/// `None` for a task that panicked.
+pub(crate) async fn concurrently<F, T>(futures: impl IntoIterator<Item = F>) -> Vec<Option<T>>
+where
+    F: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let mut set = JoinSet::new();
+    let mut count = 0;
+    for (i, f) in futures.into_iter().enumerate() {
+        set.spawn(async move { (i, f.await) });
+        count += 1;
+    }
+    let mut done: Vec<Option<T>> = (0..count).map(|_| None).collect();
+    while let Some(joined) = set.join_next().await {
+        if let Ok((i, value)) = joined
+            && let Some(slot) = done.get_mut(i)
+        {
+            *slot = Some(value);
+        }
+    }
+    done
 }
 
 /// `HOST[:PORT]` as given on the command line.
@@ -221,8 +239,8 @@ impl std::fmt::Display for Target {
     }
 }
 
-/// `probe HOST[:PORT]`: resolve the name (A and AAAA, to `nameserver`
-/// when given), probe every address, judge.
+/// `probe HOST[:PORT]`: resolve the name (A and AAAA at once, through
+/// [`dns::Dns`], to `nameserver` when given), probe every address, judge.
 pub async fn probe_host(
     target: &Target,
     nameserver: Option<SocketAddr>,
@@ -231,15 +249,15 @@ pub async fn probe_host(
     let addresses = match &target.host {
         ServerName::IpAddress(ip) => Ok(vec![IpAddr::from(*ip)]),
         ServerName::DnsName(name) => {
-            resolve::addresses(name.as_ref(), nameserver, settings.timeouts.reply).await
+            host_addresses(name.as_ref(), nameserver, settings.timeouts.reply).await
         }
         _ => Ok(Vec::new()),
     };
     let addresses = match addresses {
         Ok(a) => a,
-        Err(e) => {
+        Err(why) => {
             let mx = target.host.to_str().into_owned();
-            let finding = findings::unresolvable(&mx, &describe(&e));
+            let finding = findings::unresolvable(&mx, &why);
             return Report::new(target.to_string(), Vec::new(), vec![finding]);
         }
     };
@@ -253,6 +271,23 @@ pub async fn probe_host(
     let reports = probe_endpoints(endpoints, settings).await;
     let found = findings::from_endpoints(&reports);
     Report::new(target.to_string(), reports, found)
+}
+
+/// A host's addresses, IPv4 first; why there are none otherwise (a failed
+/// lookup is said as such, never as "no records").
+async fn host_addresses(
+    name: &str,
+    nameserver: Option<SocketAddr>,
+    per_query: Duration,
+) -> Result<Vec<IpAddr>, String> {
+    let dns = dns::Dns::new(nameserver, per_query).map_err(|e| e.to_string())?;
+    let found = dns.addresses(name).await.map_err(|e| e.to_string())?;
+    let all = found.all();
+    match (all.is_empty(), found.error()) {
+        (false, _) => Ok(all),
+        (true, Some(e)) => Err(e.to_string()),
+        (true, None) => Err(format!("{name} has no A or AAAA record")),
+    }
 }
 
 /// An error and its causes on one line: "TLS handshake failed: received

@@ -6,6 +6,7 @@ use std::io::{self, Write};
 
 use serde_json::{Value, json};
 
+use super::domain::{self, DomainFacts};
 use super::endpoint::{EndpointReport, Handshake};
 use super::findings::{self, Finding, Severity};
 use super::legacy::LegacyReply;
@@ -19,6 +20,8 @@ pub struct Report {
     pub endpoints: Vec<EndpointReport>,
     /// Ranked (call [`findings::rank`] again after appending).
     pub findings: Vec<Finding>,
+    /// With `--domain`: the MX hosts, DANE, PTR, MTA-STS and TLS-RPT.
+    pub domain: Option<DomainFacts>,
 }
 
 impl Report {
@@ -28,7 +31,14 @@ impl Report {
             target,
             endpoints,
             findings: found,
+            domain: None,
         }
+    }
+
+    /// The report of `probe --domain`.
+    pub fn with_domain(mut self, facts: DomainFacts) -> Self {
+        self.domain = Some(facts);
+        self
     }
 
     /// 0 nothing found, 1 warnings only, 2 any error.
@@ -49,7 +59,7 @@ impl Report {
             .iter()
             .map(|f| json!({ "code": f.code.as_str(), "mx": f.mx, "address": f.address }))
             .collect();
-        json!({
+        let mut v = json!({
             "target": self.target,
             "endpoints": rows,
             "addresses": addresses,
@@ -57,14 +67,34 @@ impl Report {
             "mta_sts_ready": self.mta_sts_ready(),
             "mta_sts_blockers": blockers,
             "exit_code": self.exit_code(),
-        })
+        });
+        if let (Some(d), Some(fields)) = (&self.domain, v.as_object_mut()) {
+            fields.extend(domain::render::json_fields(d, &self.endpoints));
+        }
+        v
     }
 
     /// The human report: a table of handshakes, a line per address on
-    /// legacy TLS, then the findings with fixes.
+    /// legacy TLS, the domain's sections (with `--domain`), then the
+    /// findings with fixes and the MTA-STS verdict.
     pub fn write_text(&self, out: &mut impl Write, colour: bool) -> io::Result<()> {
+        match &self.domain {
+            Some(_) => writeln!(out, "probe --domain {}", self.target)?,
+            None => writeln!(out, "probe {}", self.target)?,
+        }
+        self.write_endpoints(out, colour)?;
+        if let Some(d) = &self.domain {
+            domain::render::write_text(out, d, &self.endpoints)?;
+        }
+        writeln!(out)?;
+        self.write_findings(out, colour)?;
+        self.write_verdict(out, colour)
+    }
+
+    /// The table of handshakes and a line per address on legacy TLS (or
+    /// why nothing was tried there).
+    pub fn write_endpoints(&self, out: &mut impl Write, colour: bool) -> io::Result<()> {
         let paint = Paint(colour);
-        writeln!(out, "probe {}", self.target)?;
         let header = [
             "MX", "ADDRESS", "SNI", "ASKED", "STARTTLS", "GOT", "CIPHER", "CHAIN", "VERIFIED",
             "NAME", "DAYS",
@@ -84,38 +114,62 @@ impl Report {
                 writeln!(out, "{n}")?;
             }
         }
-        writeln!(out)?;
+        Ok(())
+    }
+
+    /// Every finding with its fix, ranked.
+    pub fn write_findings(&self, out: &mut impl Write, colour: bool) -> io::Result<()> {
+        let paint = Paint(colour);
         if self.findings.is_empty() {
-            writeln!(out, "{}", paint.green("no findings"))?;
-        } else {
-            writeln!(out, "findings ({}):", self.findings.len())?;
-            for f in &self.findings {
-                let sev = format!("{:<7}", f.severity.as_str());
-                let sev = match f.severity {
-                    Severity::Error => paint.red(&sev),
-                    Severity::Warning => paint.yellow(&sev),
-                    Severity::Info => sev,
-                };
-                writeln!(out, "  {sev} {}  {}", f.code.as_str(), clean(&f.message))?;
-                writeln!(out, "          fix: {}", clean(&f.fix))?;
-            }
+            return writeln!(out, "{}", paint.green("no findings"));
         }
-        writeln!(
-            out,
-            "MTA-STS enforce: {}",
-            if self.mta_sts_ready() {
-                paint.green("ready")
-            } else {
-                paint.red("blocked by the errors above")
-            }
-        )
+        writeln!(out, "findings ({}):", self.findings.len())?;
+        for f in &self.findings {
+            let sev = format!("{:<7}", f.severity.as_str());
+            let sev = match f.severity {
+                Severity::Error => paint.red(&sev),
+                Severity::Warning => paint.yellow(&sev),
+                Severity::Info => sev,
+            };
+            writeln!(out, "  {sev} {}  {}", f.code.as_str(), clean(&f.message))?;
+            writeln!(out, "          fix: {}", clean(&f.fix))?;
+        }
+        Ok(())
+    }
+
+    /// `MTA-STS enforce: ready`, or what blocks it.
+    fn write_verdict(&self, out: &mut impl Write, colour: bool) -> io::Result<()> {
+        let paint = Paint(colour);
+        let blockers: Vec<String> = findings::mta_sts_blockers(&self.findings)
+            .iter()
+            .map(|f| {
+                let place: Vec<&str> = [f.mx.as_deref(), f.address.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                match place.as_slice() {
+                    [] => f.code.as_str().to_string(),
+                    p => format!("{} ({})", f.code.as_str(), p.join(" ")),
+                }
+            })
+            .collect();
+        if blockers.is_empty() {
+            writeln!(out, "MTA-STS enforce: {}", paint.green("ready"))
+        } else {
+            writeln!(
+                out,
+                "MTA-STS enforce: {} {}",
+                paint.red("blocked by"),
+                clean(&blockers.join(", "))
+            )
+        }
     }
 }
 
 /// Messages quote certificate names, which are the server's text: no
 /// control characters reach the terminal (length is kept, unlike
 /// [`printable`], which is for raw server replies).
-fn clean(s: &str) -> String {
+pub(crate) fn clean(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { '?' } else { c })
         .collect()
@@ -249,7 +303,11 @@ fn address_json(r: &EndpointReport) -> Value {
 }
 
 fn address_note(r: &EndpointReport) -> Option<String> {
-    let addr = r.endpoint.address;
+    // Several names may share an address (MX hosts of one domain).
+    let addr = match r.endpoint.dns_name() {
+        Some(name) => format!("{name} {}", r.endpoint.address),
+        None => r.endpoint.address.to_string(),
+    };
     match (&r.dialogue, &r.legacy) {
         (Err(e), _) => Some(format!("{addr}: {}", clean(&describe(e)))),
         (Ok(d), _) if !d.starttls => Some(format!(
