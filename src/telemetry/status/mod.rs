@@ -13,6 +13,7 @@
 //! push returns at once.
 
 pub mod html;
+pub mod human;
 mod ring;
 pub mod snapshot;
 
