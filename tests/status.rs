@@ -292,14 +292,42 @@ fn a_browser_shows_the_traffic_the_failures_the_certificates_and_the_backend() {
         .append(METRICS);
     let expected_certs = chains(&config.text);
     let proxy = Proxy::start(config);
+    browser_test_traffic(&proxy);
+    backend.stop();
+    proxy.wait_log("backend server down (health probe failed)", 1);
 
+    let url = format!("http://{}/status", proxy.metrics_addr());
+    let before = unix_now();
+    let dom = chromium_dom(&url);
+    let after = unix_now();
+    let (status, raw) = proxy.http_get("/status");
+    assert_eq!(status, 200);
+
+    assert_for_phones_and_without_scripts(&proxy, &dom, &raw);
+    assert_tls_rows(&dom);
+    assert_backend_down(&dom, backend.addr);
+    assert_days_left(&dom, &expected_certs, before, after);
+
+    // Nothing of the <script> clients, in the DOM or in the raw HTML: not
+    // as markup, not as escaped text.
+    for page in [&dom, &raw] {
+        for needle in ["<script", "&lt;script", "alert(1)"] {
+            assert!(!page.contains(needle), "{needle:?} on the page:\n{page}");
+        }
+    }
+}
+
+/// Four TLS 1.3 handshakes (two with SNI, one without, one with an SNI no
+/// certificate covers), one TLS 1.2, a refused TLS 1.1 client, and the
+/// `<script>` clients; returns when every session is over.
+fn browser_test_traffic(proxy: &Proxy) {
     let tls13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
     let tls12: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
-    handshake(&proxy, tls13, Some("mx1.example.test"));
-    handshake(&proxy, tls13, Some("mx1.example.test"));
-    handshake(&proxy, tls12, Some("mx1.example.test"));
-    handshake(&proxy, tls13, None);
-    handshake_unknown_sni(&proxy);
+    handshake(proxy, tls13, Some("mx1.example.test"));
+    handshake(proxy, tls13, Some("mx1.example.test"));
+    handshake(proxy, tls12, Some("mx1.example.test"));
+    handshake(proxy, tls13, None);
+    handshake_unknown_sni(proxy);
     let (ok, out) = s_client(
         proxy.addr(),
         &[
@@ -311,25 +339,17 @@ fn a_browser_shows_the_traffic_the_failures_the_certificates_and_the_backend() {
         ],
     );
     assert!(!ok, "{out}");
-    hostile_clients(&proxy);
+    hostile_clients(proxy);
     proxy.wait_log("tls handshake", 5);
     proxy.wait_log("tls handshake failed", 2);
     wait_for("every session over", TIMEOUT, || {
         (proxy.metric("starttls_proxy_connections_active") == Some(0.0)).then_some(())
     });
+}
 
-    backend.stop();
-    proxy.wait_log("backend server down (health probe failed)", 1);
-
-    let url = format!("http://{}/status", proxy.metrics_addr());
-    let before = unix_now();
-    let dom = chromium_dom(&url);
-    let after = unix_now();
-    let (status, raw) = proxy.http_get("/status");
-    assert_eq!(status, 200);
-
-    // Works for a phone, and without scripts: there are none, and the CSP
-    // would refuse any.
+/// A viewport for phones; no script (and a CSP that would refuse one);
+/// `?refresh=N` bounded.
+fn assert_for_phones_and_without_scripts(proxy: &Proxy, dom: &str, raw: &str) {
     assert!(
         dom.contains("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">")
     );
@@ -345,56 +365,60 @@ fn a_browser_shows_the_traffic_the_failures_the_certificates_and_the_backend() {
     );
     let (_, refreshing) = proxy.http_get("/status?refresh=1");
     assert!(refreshing.contains("<meta http-equiv=\"refresh\" content=\"5\">"));
+}
 
-    // Versions and their counts (4 TLS 1.3, 1 TLS 1.2), since start and in
-    // the last hour.
+/// Versions and their counts, the SNI split, the refused TLS 1.1 client,
+/// the plaintext session, since start and in the last hour.
+fn assert_tls_rows(dom: &str) {
+    // 4 TLS 1.3, 1 TLS 1.2.
     assert_eq!(
-        texts(&row(&dom, "version-TLSv1.3")),
+        texts(&row(dom, "version-TLSv1.3")),
         ["TLSv1.3", "4", "80 %", "4", "80 %"]
     );
     assert_eq!(
-        texts(&row(&dom, "version-TLSv1.2")),
+        texts(&row(dom, "version-TLSv1.2")),
         ["TLSv1.2", "1", "20 %", "1", "20 %"]
     );
     // The SNI split.
-    assert_eq!(texts(&row(&dom, "sni-matched"))[..2], ["matched", "3"]);
-    assert_eq!(texts(&row(&dom, "sni-unmatched"))[..2], ["unmatched", "1"]);
-    assert_eq!(texts(&row(&dom, "sni-absent"))[..2], ["absent", "1"]);
+    assert_eq!(texts(&row(dom, "sni-matched"))[..2], ["matched", "3"]);
+    assert_eq!(texts(&row(dom, "sni-unmatched"))[..2], ["unmatched", "1"]);
+    assert_eq!(texts(&row(dom, "sni-absent"))[..2], ["absent", "1"]);
     // The refused TLS 1.1 client: reason and what it offered.
     assert_eq!(
-        texts(&row(&dom, "failure-protocol_version")),
+        texts(&row(dom, "failure-protocol_version")),
         ["protocol_version", "1", "1", "TLSv1.1 × 1"]
     );
-    assert_eq!(texts(&row(&dom, "offered-TLSv1.1"))[..2], ["TLSv1.1", "1"]);
+    assert_eq!(texts(&row(dom, "offered-TLSv1.1"))[..2], ["TLSv1.1", "1"]);
     // Plaintext: the HELO-<script> client's session.
-    assert_eq!(texts(&row(&dom, "session-none"))[..2], ["plaintext", "1"]);
+    assert_eq!(texts(&row(dom, "session-none"))[..2], ["plaintext", "1"]);
+}
 
-    // The backend, down, with the probe's error, in red; and in the warnings.
-    let server = row(&dom, &format!("server-b-{}", backend.addr));
-    assert_eq!(
-        texts(&server)[1..3],
-        [backend.addr.to_string().as_str(), "down"]
-    );
+/// The backend, down, with the probe's error, in red; and in the warnings.
+fn assert_backend_down(dom: &str, addr: SocketAddr) {
+    let server = row(dom, &format!("server-b-{addr}"));
+    assert_eq!(texts(&server)[1..3], [addr.to_string().as_str(), "down"]);
     assert_eq!(server[2].0, "bad");
     assert_eq!(
         server[5],
         ("bad".to_string(), "connect: connection refused".to_string())
     );
-    let warnings = section(&dom, "warnings");
+    let warnings = section(dom, "warnings");
     assert!(
         warnings.contains(&format!(
-            "backend b server {} down: connect: connection refused",
-            backend.addr
+            "backend b server {addr} down: connect: connection refused"
         )),
         "{warnings}"
     );
+}
 
-    // Each certificate's days left, from its own file; the one inside the
-    // warning window in amber and among the warnings.
-    assert_eq!(expected_certs.len(), 5);
-    for (name, chain) in &expected_certs {
+/// Each certificate's days left, from its own file; the one inside the
+/// warning window in amber and among the warnings.
+fn assert_days_left(dom: &str, expected: &[(String, String)], before: i64, after: i64) {
+    let warnings = section(dom, "warnings");
+    assert_eq!(expected.len(), 5);
+    for (name, chain) in expected {
         let not_after = not_after_of(Path::new(chain));
-        let cells = row(&dom, &format!("certificate-{name}"));
+        let cells = row(dom, &format!("certificate-{name}"));
         let shown: i64 = cells[4].1.parse().unwrap();
         let days = |now: i64| (not_after - now).div_euclid(86_400);
         assert!(
@@ -405,19 +429,11 @@ fn a_browser_shows_the_traffic_the_failures_the_certificates_and_the_backend() {
         let expected_class = if name == "soon" { "n warn" } else { "n" };
         assert_eq!(cells[4].0, expected_class, "{name}");
     }
-    assert!(texts(&row(&dom, "certificate-mx1"))[0].contains("(default)"));
+    assert!(texts(&row(dom, "certificate-mx1"))[0].contains("(default)"));
     assert!(
         warnings.contains("certificate soon expires in"),
         "{warnings}"
     );
-
-    // Nothing of the <script> clients, in the DOM or in the raw HTML: not
-    // as markup, not as escaped text.
-    for page in [&dom, &raw] {
-        for needle in ["<script", "&lt;script", "alert(1)"] {
-            assert!(!page.contains(needle), "{needle:?} on the page:\n{page}");
-        }
-    }
 }
 
 // === /status.json ===
@@ -537,46 +553,7 @@ fn the_json_has_the_documented_shape_and_the_numbers_of_metrics() {
     let proxy = Proxy::start(config);
     down.stop();
     proxy.wait_log("backend server down (health probe failed)", 1);
-
-    let tls12: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
-    let tls13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
-    // A delivered message over TLS 1.3.
-    let mut c = tls_session(&proxy);
-    c.cmd("EHLO client.test", "250");
-    c.cmd("MAIL FROM:<a@sender.test>", "250");
-    c.cmd("RCPT TO:<b@example.test>", "250");
-    c.cmd("DATA", "354");
-    c.send_raw(b"Subject: counted\r\n\r\nbody\r\n.\r\n");
-    c.expect("250");
-    c.cmd("QUIT", "221");
-    handshake(&proxy, tls12, None);
-    handshake(&proxy, tls13, Some("mx.tenant2.test"));
-    handshake_unknown_sni(&proxy);
-    for flag in ["-tls1", "-tls1_1"] {
-        let (ok, out) = s_client(proxy.addr(), &[flag, "-cipher", "DEFAULT@SECLEVEL=0"]);
-        assert!(!ok, "{out}");
-    }
-    hostile_clients(&proxy);
-    // A rejected connection: more than 3 at once from one address.
-    wait_for("earlier sessions over", TIMEOUT, || {
-        (proxy.metric("starttls_proxy_connections_active") == Some(0.0)).then_some(())
-    });
-    let held: Vec<Smtp> = (0..3)
-        .map(|_| {
-            let mut c = Smtp::connect(proxy.addr());
-            c.expect("220");
-            c
-        })
-        .collect();
-    let mut refused = Smtp::connect(proxy.addr());
-    refused.expect("421");
-    drop(held);
-    drop(refused);
-    proxy.wait_log("tls handshake", 4);
-    proxy.wait_log("tls handshake failed", 3);
-    wait_for("every session over", TIMEOUT, || {
-        (proxy.metric("starttls_proxy_connections_active") == Some(0.0)).then_some(())
-    });
+    json_test_traffic(&proxy);
 
     let (status, json) = proxy.http_get("/status.json");
     assert_eq!(status, 200, "{json}");
@@ -587,65 +564,13 @@ fn the_json_has_the_documented_shape_and_the_numbers_of_metrics() {
     same_shape("", &documented_example(), &live, &mut problems);
     assert!(problems.is_empty(), "{problems:#?}\n{json}");
 
-    // Since start = the Prometheus counters of the same run.
+    assert_counts_like_metrics(&live, &metrics);
+    assert_facts_like_metrics(&live, &metrics);
     let all = &live["tls"]["since_start"];
-    let m = |name: &str, labels: &[(&str, &str)]| metric_sum(&metrics, name, labels) as u64;
-    for (v, n) in counts(&all["versions"]) {
-        assert_eq!(
-            n,
-            m("starttls_proxy_tls_handshakes_total", &[("version", &v)]),
-            "version {v}"
-        );
-    }
-    for (s, n) in counts(&all["sni"]) {
-        assert_eq!(
-            n,
-            m("starttls_proxy_tls_handshakes_total", &[("sni", &s)]),
-            "sni {s}"
-        );
-    }
     assert_eq!(
-        all["handshakes"],
-        m("starttls_proxy_tls_handshakes_total", &[])
+        (&all["handshakes"], &all["messages_relayed"]),
+        (&4.into(), &1.into())
     );
-    assert_eq!(all["handshakes"], 4);
-    for (v, n) in counts(&all["client_max_versions"]) {
-        assert_eq!(
-            n,
-            m(
-                "starttls_proxy_tls_client_max_version_total",
-                &[("version", &v)]
-            ),
-            "{v}"
-        );
-    }
-    for (t, n) in counts(&all["sessions"]) {
-        assert_eq!(
-            n,
-            m("starttls_proxy_sessions_total", &[("tls", &t)]),
-            "sessions {t}"
-        );
-    }
-    assert_eq!(
-        all["messages_relayed"],
-        m("starttls_proxy_messages_relayed_total", &[])
-    );
-    assert_eq!(all["messages_relayed"], 1);
-    assert_eq!(
-        all["failures"],
-        m("starttls_proxy_tls_handshake_failures_total", &[])
-    );
-    for f in live["handshake_failures"].as_array().unwrap() {
-        let reason = f["reason"].as_str().unwrap();
-        assert_eq!(
-            f["since_start"],
-            m(
-                "starttls_proxy_tls_handshake_failures_total",
-                &[("reason", reason)]
-            ),
-            "{reason}"
-        );
-    }
     let protocol = live["handshake_failures"]
         .as_array()
         .unwrap()
@@ -656,54 +581,7 @@ fn the_json_has_the_documented_shape_and_the_numbers_of_metrics() {
         protocol["client_max_versions"],
         serde_json::json!({"TLSv1.0": 1, "TLSv1.1": 1})
     );
-    for (reason, n) in counts(&live["connections_rejected"]) {
-        assert_eq!(
-            n,
-            m(
-                "starttls_proxy_connections_rejected_total",
-                &[("reason", &reason)]
-            )
-        );
-    }
     assert_eq!(live["connections_rejected"]["max_connections_per_ip"], 1);
-    for l in live["listeners"].as_array().unwrap() {
-        let address = l["address"].as_str().unwrap();
-        assert_eq!(
-            l["connections"],
-            m("starttls_proxy_connections_total", &[("listener", address)])
-        );
-    }
-    for c in live["certificates"].as_array().unwrap() {
-        let name = c["name"].as_str().unwrap();
-        assert_eq!(
-            c["not_after"],
-            m(
-                "starttls_proxy_certificate_not_after_timestamp_seconds",
-                &[("certificate", name)]
-            )
-        );
-        assert_eq!(
-            c["handshakes"],
-            m(
-                "starttls_proxy_tls_handshakes_total",
-                &[("certificate", name)]
-            ),
-            "{name}"
-        );
-    }
-    for b in live["backends"].as_array().unwrap() {
-        let name = b["name"].as_str().unwrap();
-        for s in b["servers"].as_array().unwrap() {
-            let server = s["address"].as_str().unwrap();
-            let labels = [("backend", name), ("server", server)];
-            let up = m("starttls_proxy_backend_up", &labels);
-            assert_eq!(s["state"] == "up", up == 1, "{name} {server}: {s}");
-            assert_eq!(
-                s["connect_failures"],
-                m("starttls_proxy_backend_connect_failures_total", &labels)
-            );
-        }
-    }
     assert_eq!(live["backends"][1]["servers"][0]["state"], "down");
     assert_eq!(live["ok"], false);
 
@@ -712,6 +590,130 @@ fn the_json_has_the_documented_shape_and_the_numbers_of_metrics() {
         !json.contains("script") && !json.contains("alert"),
         "{json}"
     );
+}
+
+/// A message over TLS 1.3, TLS 1.2 without SNI, TLS 1.3 to tenant2 and to
+/// an unknown name, TLS 1.0 and 1.1 refused, the `<script>` clients, one
+/// connection over the per-IP limit; returns when every session is over.
+fn json_test_traffic(proxy: &Proxy) {
+    let tls12: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+    let tls13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    let mut c = tls_session(proxy);
+    c.cmd("EHLO client.test", "250");
+    c.cmd("MAIL FROM:<a@sender.test>", "250");
+    c.cmd("RCPT TO:<b@example.test>", "250");
+    c.cmd("DATA", "354");
+    c.send_raw(b"Subject: counted\r\n\r\nbody\r\n.\r\n");
+    c.expect("250");
+    c.cmd("QUIT", "221");
+    handshake(proxy, tls12, None);
+    handshake(proxy, tls13, Some("mx.tenant2.test"));
+    handshake_unknown_sni(proxy);
+    for flag in ["-tls1", "-tls1_1"] {
+        let (ok, out) = s_client(proxy.addr(), &[flag, "-cipher", "DEFAULT@SECLEVEL=0"]);
+        assert!(!ok, "{out}");
+    }
+    hostile_clients(proxy);
+    let idle = || {
+        wait_for("every session over", TIMEOUT, || {
+            (proxy.metric("starttls_proxy_connections_active") == Some(0.0)).then_some(())
+        })
+    };
+    idle();
+    // More than 3 at once from one address.
+    let held: Vec<Smtp> = (0..3)
+        .map(|_| {
+            let mut c = Smtp::connect(proxy.addr());
+            c.expect("220");
+            c
+        })
+        .collect();
+    let mut refused = Smtp::connect(proxy.addr());
+    refused.expect("421");
+    drop((held, refused));
+    proxy.wait_log("tls handshake", 4);
+    proxy.wait_log("tls handshake failed", 3);
+    idle();
+}
+
+/// Every since-start count equals the Prometheus counter of the same run,
+/// summed over the other labels.
+fn assert_counts_like_metrics(live: &Value, metrics: &str) {
+    let m = |name: &str, labels: &[(&str, &str)]| metric_sum(metrics, name, labels) as u64;
+    let all = &live["tls"]["since_start"];
+    let by_label = [
+        ("versions", "starttls_proxy_tls_handshakes_total", "version"),
+        ("sni", "starttls_proxy_tls_handshakes_total", "sni"),
+        (
+            "client_max_versions",
+            "starttls_proxy_tls_client_max_version_total",
+            "version",
+        ),
+        ("sessions", "starttls_proxy_sessions_total", "tls"),
+    ];
+    for (field, metric, label) in by_label {
+        for (k, n) in counts(&all[field]) {
+            assert_eq!(n, m(metric, &[(label, &k)]), "{field} {k}");
+        }
+    }
+    for (field, metric) in [
+        ("handshakes", "starttls_proxy_tls_handshakes_total"),
+        ("failures", "starttls_proxy_tls_handshake_failures_total"),
+        ("messages_relayed", "starttls_proxy_messages_relayed_total"),
+    ] {
+        assert_eq!(all[field], m(metric, &[]), "{field}");
+    }
+    for f in live["handshake_failures"].as_array().unwrap() {
+        let reason = f["reason"].as_str().unwrap();
+        let metric = "starttls_proxy_tls_handshake_failures_total";
+        assert_eq!(
+            f["since_start"],
+            m(metric, &[("reason", reason)]),
+            "{reason}"
+        );
+    }
+    for (reason, n) in counts(&live["connections_rejected"]) {
+        let metric = "starttls_proxy_connections_rejected_total";
+        assert_eq!(n, m(metric, &[("reason", &reason)]), "{reason}");
+    }
+}
+
+/// Listeners, certificates and backend servers: the same numbers as their
+/// series.
+fn assert_facts_like_metrics(live: &Value, metrics: &str) {
+    let m = |name: &str, labels: &[(&str, &str)]| metric_sum(metrics, name, labels) as u64;
+    for l in live["listeners"].as_array().unwrap() {
+        let address = l["address"].as_str().unwrap();
+        let metric = "starttls_proxy_connections_total";
+        assert_eq!(
+            l["connections"],
+            m(metric, &[("listener", address)]),
+            "{address}"
+        );
+    }
+    for c in live["certificates"].as_array().unwrap() {
+        let name = c["name"].as_str().unwrap();
+        let label = [("certificate", name)];
+        let not_after = "starttls_proxy_certificate_not_after_timestamp_seconds";
+        assert_eq!(c["not_after"], m(not_after, &label), "{name}");
+        let handshakes = "starttls_proxy_tls_handshakes_total";
+        assert_eq!(c["handshakes"], m(handshakes, &label), "{name}");
+    }
+    for b in live["backends"].as_array().unwrap() {
+        let name = b["name"].as_str().unwrap();
+        for s in b["servers"].as_array().unwrap() {
+            let server = s["address"].as_str().unwrap();
+            let labels = [("backend", name), ("server", server)];
+            let up = m("starttls_proxy_backend_up", &labels);
+            assert_eq!(s["state"] == "up", up == 1, "{name} {server}: {s}");
+            let failures = "starttls_proxy_backend_connect_failures_total";
+            assert_eq!(
+                s["connect_failures"],
+                m(failures, &labels),
+                "{name} {server}"
+            );
+        }
+    }
 }
 
 // === starttls-proxy status ===

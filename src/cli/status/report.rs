@@ -6,7 +6,7 @@
 use std::io::{self, Write};
 
 use crate::telemetry::status::human::{ago, duration, time};
-use crate::telemetry::status::snapshot::{Snapshot, Window};
+use crate::telemetry::status::snapshot::{Certificate, Snapshot, Window};
 use crate::telemetry::status::{NEGOTIATED, OFFERED, SESSIONS, SNI};
 
 pub fn write(out: &mut impl Write, s: &Snapshot, colour: bool) -> io::Result<()> {
@@ -99,36 +99,7 @@ fn certificates(out: &mut impl Write, s: &Snapshot, paint: Paint) -> io::Result<
     let rows = s
         .certificates
         .iter()
-        .map(|c| {
-            let tone = if c.expired {
-                Tone::Bad
-            } else if c.expiring {
-                Tone::Warn
-            } else {
-                Tone::Plain
-            };
-            let reload = match &c.last_reload {
-                None => Cell::new("none since start".into(), Tone::Dim),
-                Some(r) => Cell::new(
-                    format!("{} {}", clean(&r.result), ago(s.now, r.at)),
-                    if r.result == "success" {
-                        Tone::Good
-                    } else {
-                        Tone::Bad
-                    },
-                ),
-            };
-            vec![
-                plain(&c.name),
-                plain(if c.default { "yes" } else { "" }),
-                plain(&c.names.join(",")),
-                plain(&c.algorithm),
-                plain(&time(c.not_after)),
-                Cell::new(c.days_left.to_string(), tone).right(),
-                num(c.handshakes),
-                reload,
-            ]
-        })
+        .map(|c| certificate_row(c, s.now))
         .collect();
     let title = format!(
         "Certificates (warning window {} days)",
@@ -150,6 +121,37 @@ fn certificates(out: &mut impl Write, s: &Snapshot, paint: Paint) -> io::Result<
         empty: "none",
     }
     .write(out, paint)
+}
+
+fn certificate_row(c: &Certificate, now: i64) -> Vec<Cell> {
+    let tone = if c.expired {
+        Tone::Bad
+    } else if c.expiring {
+        Tone::Warn
+    } else {
+        Tone::Plain
+    };
+    let reload = match &c.last_reload {
+        None => Cell::new("none since start".into(), Tone::Dim),
+        Some(r) => Cell::new(
+            format!("{} {}", clean(&r.result), ago(now, r.at)),
+            if r.result == "success" {
+                Tone::Good
+            } else {
+                Tone::Bad
+            },
+        ),
+    };
+    vec![
+        plain(&c.name),
+        plain(if c.default { "yes" } else { "" }),
+        plain(&c.names.join(",")),
+        plain(&c.algorithm),
+        plain(&time(c.not_after)),
+        Cell::new(c.days_left.to_string(), tone).right(),
+        num(c.handshakes),
+        reload,
+    ]
 }
 
 fn tls(out: &mut impl Write, s: &Snapshot, paint: Paint) -> io::Result<()> {

@@ -10,7 +10,7 @@
 use std::fmt::Display;
 
 use super::human::{ago, duration, time};
-use super::snapshot::{Snapshot, Window};
+use super::snapshot::{Backend, Certificate, Server, Snapshot, Window};
 use super::{NEGOTIATED, OFFERED, SESSIONS, SNI};
 
 /// Bounds of `?refresh=N`, in seconds; values outside are clamped.
@@ -217,40 +217,44 @@ fn certificates(h: &mut Html, s: &Snapshot) {
         ],
     );
     for c in &s.certificates {
-        row(h, "certificate-", &c.name);
-        h.raw("<td>").text(&c.name);
-        if c.default {
-            h.raw(" <span class=\"muted\">(default)</span>");
-        }
-        h.raw("</td>");
-        td(h, &c.names.join(", "));
-        td(h, &c.algorithm);
-        td_time(h, &time(c.not_after));
-        let class = if c.expired {
-            Some("bad")
-        } else {
-            warn_if(c.expiring)
-        };
-        td_num(h, c.days_left, class);
-        td_num(h, c.handshakes, None);
-        h.raw("<td>");
-        match &c.last_reload {
-            None => {
-                h.raw("<span class=\"muted\">none since start</span>");
-            }
-            Some(r) => {
-                result_span(h, &r.result);
-                h.raw(" ").text(&ago(s.now, r.at));
-            }
-        }
-        h.raw(" <span class=\"muted\">(")
-            .num(c.reloads_success)
-            .raw(" taken, ")
-            .num(c.reloads_failure)
-            .raw(" failed)</span></td></tr>");
+        certificate_row(h, c, s.now);
     }
     table_end(h);
     h.raw("</section>\n");
+}
+
+fn certificate_row(h: &mut Html, c: &Certificate, now: i64) {
+    row(h, "certificate-", &c.name);
+    h.raw("<td>").text(&c.name);
+    if c.default {
+        h.raw(" <span class=\"muted\">(default)</span>");
+    }
+    h.raw("</td>");
+    td(h, &c.names.join(", "));
+    td(h, &c.algorithm);
+    td_time(h, &time(c.not_after));
+    let class = if c.expired {
+        Some("bad")
+    } else {
+        warn_if(c.expiring)
+    };
+    td_num(h, c.days_left, class);
+    td_num(h, c.handshakes, None);
+    h.raw("<td>");
+    match &c.last_reload {
+        None => {
+            h.raw("<span class=\"muted\">none since start</span>");
+        }
+        Some(r) => {
+            result_span(h, &r.result);
+            h.raw(" ").text(&ago(now, r.at));
+        }
+    }
+    h.raw(" <span class=\"muted\">(")
+        .num(c.reloads_success)
+        .raw(" taken, ")
+        .num(c.reloads_failure)
+        .raw(" failed)</span></td></tr>");
 }
 
 fn tls(h: &mut Html, s: &Snapshot) {
@@ -440,49 +444,50 @@ fn backends(h: &mut Html, s: &Snapshot) {
             continue;
         }
         for srv in &b.servers {
-            h.raw("<tr id=\"server-")
-                .text(&b.name)
-                .raw("-")
-                .text(&srv.address)
-                .raw("\">");
-            h.raw("<td>")
-                .text(&b.name)
-                .raw(" <span class=\"muted\">(")
-                .text(&b.identity)
-                .raw(")</span></td>");
-            td(h, &srv.address);
-            let class = match srv.state.as_str() {
-                "up" => "good",
-                "down" => "bad",
-                _ => "muted",
-            };
-            h.raw("<td class=\"")
-                .raw(class)
-                .raw("\">")
-                .text(&srv.state)
-                .raw("</td>");
-            td_time(
-                h,
-                &srv.state_since.map(|t| ago(s.now, t)).unwrap_or_default(),
-            );
-            td_time(
-                h,
-                &srv.last_probe_at.map(|t| ago(s.now, t)).unwrap_or_default(),
-            );
-            match &srv.error {
-                Some(e) => {
-                    h.raw("<td class=\"bad\">").text(e).raw("</td>");
-                }
-                None => {
-                    h.raw("<td></td>");
-                }
-            }
-            td_num(h, srv.connect_failures, warn_if(srv.connect_failures > 0));
-            h.raw("</tr>");
+            server_row(h, b, srv, s.now);
         }
     }
     table_end(h);
     h.raw("</section>\n");
+}
+
+fn server_row(h: &mut Html, b: &Backend, srv: &Server, now: i64) {
+    h.raw("<tr id=\"server-")
+        .text(&b.name)
+        .raw("-")
+        .text(&srv.address)
+        .raw("\">");
+    h.raw("<td>")
+        .text(&b.name)
+        .raw(" <span class=\"muted\">(")
+        .text(&b.identity)
+        .raw(")</span></td>");
+    td(h, &srv.address);
+    let class = match srv.state.as_str() {
+        "up" => "good",
+        "down" => "bad",
+        _ => "muted",
+    };
+    h.raw("<td class=\"")
+        .raw(class)
+        .raw("\">")
+        .text(&srv.state)
+        .raw("</td>");
+    td_time(h, &srv.state_since.map(|t| ago(now, t)).unwrap_or_default());
+    td_time(
+        h,
+        &srv.last_probe_at.map(|t| ago(now, t)).unwrap_or_default(),
+    );
+    match &srv.error {
+        Some(e) => {
+            h.raw("<td class=\"bad\">").text(e).raw("</td>");
+        }
+        None => {
+            h.raw("<td></td>");
+        }
+    }
+    td_num(h, srv.connect_failures, warn_if(srv.connect_failures > 0));
+    h.raw("</tr>");
 }
 
 fn policy(h: &mut Html, s: &Snapshot) {
