@@ -9,6 +9,8 @@
 #   openssl ca-certificates python3 iproute2 procps prometheus (for promtool;
 #   the prometheus server it brings is never started by the tests)
 #   dnsmasq-base (the binary only: the XCLIENT tests run a private DNS server)
+#   chromium (tests/status.rs opens /status in it, headless, with a private
+#   profile; --no-sandbox when run as root)
 #   python3-pip (only to download cargo-audit, below)
 #
 # And cargo-audit (the advisory check in test.sh) into /usr/local/bin, when
@@ -38,12 +40,13 @@ ME=install-test-deps.sh
 die() { echo "$ME: ERROR: $*" >&2; exit 1; }
 
 PKGS=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libio-socket-inet6-perl
-      openssl ca-certificates python3 python3-pip iproute2 procps prometheus dnsmasq-base)
+      openssl ca-certificates python3 python3-pip iproute2 procps prometheus dnsmasq-base
+      chromium)
 # More packages, the same way (benches/install-bench-deps.sh adds the peers
 # it compares against).
 # shellcheck disable=SC2206
 PKGS+=(${EXTRA_PACKAGES:-})
-CMDS=(postfix postconf swaks openssl python3 ss promtool dnsmasq cargo-audit)
+CMDS=(postfix postconf swaks openssl python3 ss promtool dnsmasq chromium cargo-audit)
 
 [ "$(id -u)" = 0 ] || die "must run as root (apt-get; the tests run private postfix instances)"
 command -v apt-get >/dev/null 2>&1 || die "apt-get not found: Debian 12 (or Ubuntu) required"

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use starttls_proxy::cli::{Cli, Command, check, probe, run};
+use starttls_proxy::cli::{Cli, Command, check, probe, run, status};
 
 #[cfg(all(
     target_os = "linux",
@@ -30,5 +30,6 @@ fn main() -> ExitCode {
         Command::Run(args) => run::main(&config, args.log_format),
         Command::Check(args) => check::main(&config, &args),
         Command::Probe(args) => probe::main(args),
+        Command::Status(args) => status::main(args),
     }
 }

@@ -188,12 +188,7 @@ impl Policy {
             } else {
                 Outcome::Refused
             };
-            let counter = match outcome {
-                Outcome::Satisfied => &l.counters.satisfied,
-                Outcome::WouldRefuse => &l.counters.would_refuse,
-                Outcome::Refused => &l.counters.refused,
-            };
-            counter.increment(1);
+            l.counters.count(outcome.as_str());
             if outcome == Outcome::Satisfied {
                 continue;
             }

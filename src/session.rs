@@ -328,7 +328,6 @@ async fn pre_tls(
                         // A client speaking implicit TLS to a STARTTLS port: no
                         // SMTP reply can reach it, so close at once.
                         let reason = "implicit_tls_on_starttls_port";
-                        metrics::handshake_failed(reason);
                         let offered = match hello::progress(codec.buffer()) {
                             Progress::Complete(n) => hello::parse(&codec.buffer()[..n]),
                             _ => None,
@@ -338,6 +337,7 @@ async fn pre_tls(
                             metrics::client_max_version(v.as_str());
                         }
                         let offered = offered.map_or("unknown", |v| v.as_str());
+                        metrics::handshake_failed(reason, offered);
                         warn!(%peer, reason, client_max_version = offered, "TLS ClientHello received before STARTTLS; closing");
                         log_plain_end(peer, &dialogue, "implicit_tls_on_starttls_port");
                         return Plaintext::Closed;
@@ -453,7 +453,7 @@ where
         }
         Err(e) => {
             let reason = e.reason();
-            metrics::handshake_failed(reason);
+            metrics::handshake_failed(reason, e.offered());
             let sni = e.hello.as_ref().map(|h| match (&h.sni, h.sni_present) {
                 (Some(name), _) => name.as_str(),
                 (None, true) => "invalid",

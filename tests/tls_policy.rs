@@ -48,14 +48,28 @@ fn rule(name: &str, matches: &str, require: &str, mode: &str, extra: &str) -> St
     )
 }
 
-/// `tls_policy_evaluations_total{policy, result}`.
+/// `tls_policy_evaluations_total{policy, result}`; the status page
+/// (`/status.json`, docs/status.md) must show the same count.
 fn evaluations(proxy: &Proxy, policy: &str, result: &str) -> f64 {
     let series = format!(
         "starttls_proxy_tls_policy_evaluations_total{{policy=\"{policy}\",result=\"{result}\"}}"
     );
-    proxy
+    let n = proxy
         .metric(&series)
-        .unwrap_or_else(|| panic!("no series {series}"))
+        .unwrap_or_else(|| panic!("no series {series}"));
+    let (code, body) = proxy.http_get("/status.json");
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let row = status["tls_policy"]
+        .as_array()
+        .and_then(|rules| rules.iter().find(|r| r["rule"] == policy))
+        .unwrap_or_else(|| panic!("rule {policy} not on the status page: {body}"));
+    assert_eq!(
+        row[result].as_f64(),
+        Some(n),
+        "status page vs /metrics: {row}"
+    );
+    n
 }
 
 fn unique(tag: &str) -> String {

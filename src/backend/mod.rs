@@ -107,6 +107,31 @@ pub enum BackendError {
     ProxyHeaderRejected { server: String, detail: String },
 }
 
+impl BackendError {
+    /// What went wrong, for the status page: fixed words, the configured
+    /// timeouts and the OS error's kind, never text the server sent (the
+    /// log line has the whole error).
+    pub fn summary(&self) -> String {
+        match self {
+            Self::Connect { source, .. } => format!("connect: {}", source.kind()),
+            Self::ConnectTimeout { timeout, .. } => format!("no connection within {timeout:?}"),
+            Self::GreetingTimeout { timeout, .. } => format!("no greeting within {timeout:?}"),
+            Self::GreetingEof { .. } => "closed before greeting".into(),
+            Self::GreetingRefused { .. } => "greeting refused".into(),
+            Self::GreetingInvalid { .. } => "invalid greeting".into(),
+            Self::Read { source, .. } => format!("read: {}", source.kind()),
+            Self::EhloRefused { .. } => "EHLO refused".into(),
+            Self::EhloTimeout { timeout, .. } => format!("no EHLO reply within {timeout:?}"),
+            Self::Write { source, .. } => format!("write: {}", source.kind()),
+            Self::XclientNotOffered { .. } => "does not offer XCLIENT to the proxy".into(),
+            Self::XclientRefused { .. } => "XCLIENT refused".into(),
+            Self::NoServers { .. } => "no server".into(),
+            Self::ClientRefused { .. } => "refused the client".into(),
+            Self::ProxyHeaderRejected { .. } => "probably does not accept the PROXY header".into(),
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Target {
     Servers(Vec<SocketAddr>),
@@ -166,6 +191,18 @@ impl Backend {
         &self.health
     }
 
+    /// The servers, in configured order; `None` for the built-in sink.
+    pub fn servers(&self) -> Option<&[SocketAddr]> {
+        match &self.target {
+            Target::Servers(s) => Some(s),
+            Target::Sink(_) => None,
+        }
+    }
+
+    pub fn identity(&self) -> Identity {
+        self.identity
+    }
+
     fn sends_proxy_header(&self) -> bool {
         matches!(self.identity, Identity::ProxyV1 | Identity::ProxyV2)
     }
@@ -187,7 +224,8 @@ impl Backend {
                 let result = self.probe(*addr).await;
                 let up = result.is_ok();
                 let before = self.health.set(*addr, up);
-                metrics::backend_up(&self.name, &server, up);
+                let error = result.as_ref().err().map(BackendError::summary);
+                metrics::backend_probe(&self.name, &server, error.as_deref());
                 match result {
                     Ok(lines) => {
                         if before != ServerState::Up {

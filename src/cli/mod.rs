@@ -1,8 +1,9 @@
-//! Command line: `run` (default), `check`, `probe`.
+//! Command line: `run` (default), `check`, `probe`, `status`.
 
 pub mod check;
 pub mod probe;
 pub mod run;
+pub mod status;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -75,6 +76,11 @@ pub enum Cmd {
     /// address, with and without SNI, TLS 1.3, 1.2 and legacy; chain,
     /// names, expiry; findings with fixes (DESIGN.md §7).
     Probe(probe::ProbeArgs),
+    /// Print a running proxy's status page (`/status.json` on its
+    /// `[metrics] listen` address) as a report; exit 1 when a certificate
+    /// is inside the warning window or a backend server is down, 2 when
+    /// the proxy does not answer.
+    Status(status::StatusArgs),
 }
 
 impl Cli {
@@ -105,6 +111,15 @@ impl Cli {
                 }
                 Command::Probe(args)
             }
+            Some(Cmd::Status(args)) => {
+                if self.run.log_format.is_some() {
+                    return Err(<Self as clap::CommandFactory>::command().error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        "--log-format applies to `run` only, not to `status`",
+                    ));
+                }
+                Command::Status(args)
+            }
         };
         Ok((self.config, command))
     }
@@ -116,4 +131,5 @@ pub enum Command {
     Run(RunArgs),
     Check(CheckArgs),
     Probe(probe::ProbeArgs),
+    Status(status::StatusArgs),
 }

@@ -27,6 +27,7 @@ use crate::policy::{Policy, SharedPolicy};
 use crate::session::ListenerContext;
 use crate::telemetry;
 use crate::telemetry::http::Readiness;
+use crate::telemetry::status::{self, BackendFacts, ListenerFacts};
 use crate::tls::reload::{self, ReloadRequest, Reloader};
 use crate::tls::validate::TrustAnchors;
 use crate::tls::{CertStore, TlsTerminator};
@@ -77,6 +78,12 @@ async fn run(config: Config) -> Result<(), Exit> {
         Some(_) => Some(install_metrics()?),
         None => None,
     };
+    if metrics.is_some() {
+        // Before anything records: the status page counts from here.
+        status::install(&config.hostname, config.tls.expiry_warning);
+        reload::publish_status(tls.store().certificates(), &config);
+        status::set_backends(backend_facts(&backends));
+    }
     let sockets = bind_all(&config).await?;
     // After the recorder: the rules' counters are registered with it.
     let policy = crate::policy::shared(&config.tls_policy);
@@ -138,6 +145,18 @@ async fn serve(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let table = Arc::new(ConnectionTable::new(config.limits.max_connections));
     let mut tasks = Vec::new();
+    status::set_listeners(
+        listeners
+            .iter()
+            .zip(&config.listeners)
+            .map(|((_, bound), l)| ListenerFacts {
+                address: bound.to_string(),
+                mode: l.mode.as_str(),
+                tls: l.tls.as_str(),
+                backend: backends[l.backend].name.clone(),
+            })
+            .collect(),
+    );
     for ((socket, bound), l) in listeners.into_iter().zip(&config.listeners) {
         info!(address = %bound, mode = l.mode.as_str(), tls = l.tls.as_str(), backend = %backends[l.backend].name, "listener bound");
         let ctx = Arc::new(ListenerContext {
@@ -286,6 +305,20 @@ fn prepare_backends(config: &Config) -> Result<Vec<Arc<Backend>>, Exit> {
         }
     }
     Ok(backends)
+}
+
+/// The backends as the status page lists them.
+fn backend_facts(backends: &[Arc<Backend>]) -> Vec<BackendFacts> {
+    backends
+        .iter()
+        .map(|b| BackendFacts {
+            name: b.name.clone(),
+            identity: b.identity().as_str(),
+            servers: b
+                .servers()
+                .map(|s| s.iter().map(SocketAddr::to_string).collect()),
+        })
+        .collect()
 }
 
 fn install_metrics() -> Result<metrics_exporter_prometheus::PrometheusHandle, Exit> {

@@ -1,7 +1,8 @@
 //! The `[metrics] listen` endpoint: `/metrics` (Prometheus text format),
-//! `/healthz` (the process answers) and `/ready` (it can take mail: the
+//! `/healthz` (the process answers), `/ready` (it can take mail: the
 //! listeners are bound, it is not draining for shutdown, and every backend
-//! has a server that passed its last health probe).
+//! has a server that passed its last health probe), and the status page,
+//! `/status` (HTML) and `/status.json` (docs/status.md).
 //!
 //! HTTP/1.1 by hyper; one request per connection, each connection bounded
 //! in time and in number, so a stuck scraper cannot pile up tasks.
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -22,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
+use super::status;
 use crate::backend::Backend;
 
 /// At most this many scrapes at once; more wait in the kernel's backlog.
@@ -146,11 +148,67 @@ fn respond(
                 format!("not ready: {}\n", why.join("; ")),
             ),
         },
+        "/status" => status_page(req.uri().query()),
+        "/status.json" => status_json(),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /healthz or /ready\n".into(),
+            "not found: try /status, /status.json, /metrics, /healthz or /ready\n".into(),
         ),
     }
+}
+
+/// The page allows nothing but its own inline stylesheet: no script, no
+/// request anywhere, even if something slipped past the escaping.
+const STATUS_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; \
+     form-action 'none'; frame-ancestors 'none'";
+
+fn status_page(query: Option<&str>) -> Response<Full<Bytes>> {
+    let Some(model) = status::get() else {
+        return text(StatusCode::NOT_FOUND, "no status model\n".into());
+    };
+    let refresh = status::html::refresh_from_query(query);
+    let body = status::html::render(&model.snapshot(), refresh);
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let headers = r.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        HeaderName::from_static("content-security-policy"),
+        HeaderValue::from_static(STATUS_CSP),
+    );
+    headers.insert(
+        HeaderName::from_static("x-content-type-options"),
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        HeaderName::from_static("referrer-policy"),
+        HeaderValue::from_static("no-referrer"),
+    );
+    r
+}
+
+fn status_json() -> Response<Full<Bytes>> {
+    let Some(model) = status::get() else {
+        return text(StatusCode::NOT_FOUND, "no status model\n".into());
+    };
+    let body = match serde_json::to_vec_pretty(&model.snapshot()) {
+        Ok(b) => b,
+        Err(e) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot serialize the status: {e}\n"),
+            );
+        }
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -6,11 +6,16 @@
 //! or from the configuration (listener address, certificate and backend
 //! names) — never from what a client sent. Without a `[metrics]` section no
 //! recorder is installed and these calls cost next to nothing.
+//!
+//! The same calls feed the status page's model ([`super::status`]), so
+//! `/status` and `/metrics` count the same events.
 
 use std::time::Duration;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+use super::status::{self, Status};
 
 pub const PREFIX: &str = "starttls_proxy_";
 
@@ -164,38 +169,67 @@ impl Direction {
     }
 }
 
+/// Also into the status model, when one is installed.
+fn to_status(f: impl FnOnce(&Status)) {
+    if let Some(s) = status::get() {
+        f(s);
+    }
+}
+
 pub fn connection_accepted(listener: &str) {
     counter!(CONNECTIONS, "listener" => listener.to_string()).increment(1);
+    to_status(|s| s.connection_accepted(listener));
 }
 
 pub fn connection_rejected(reason: Rejection) {
     counter!(CONNECTIONS_REJECTED, "reason" => reason.as_str()).increment(1);
+    to_status(|s| s.connection_rejected(reason.as_str()));
 }
 
 /// A message (or a refused one) held a false end of data.
 pub fn smuggling_attempt(listener: &str) {
     counter!(SMUGGLING, "listener" => listener.to_string()).increment(1);
+    to_status(|s| s.smuggling_attempt(listener));
 }
 
 /// Bytes pipelined after STARTTLS were discarded (CVE-2011-0411 class).
 pub fn starttls_injection(listener: &str) {
     counter!(STARTTLS_INJECTION, "listener" => listener.to_string()).increment(1);
+    to_status(|s| s.starttls_injection(listener));
 }
 
 /// `tls_policy_evaluations_total` of one rule, one handle per result,
 /// registered when the rule is loaded: every series exists from the
 /// start at 0, so `increase()` sees the first refusal too.
+/// The status page (`telemetry::status`) shows the same counts.
 #[derive(Debug, Clone)]
 pub struct PolicyCounters {
-    pub satisfied: metrics::Counter,
-    pub would_refuse: metrics::Counter,
-    pub refused: metrics::Counter,
+    rule: std::sync::Arc<str>,
+    satisfied: metrics::Counter,
+    would_refuse: metrics::Counter,
+    refused: metrics::Counter,
+}
+
+impl PolicyCounters {
+    /// One evaluation of the rule; `result` is "satisfied",
+    /// "would_refuse" or "refused".
+    pub fn count(&self, result: &'static str) {
+        let counter = match result {
+            "satisfied" => &self.satisfied,
+            "would_refuse" => &self.would_refuse,
+            _ => &self.refused,
+        };
+        counter.increment(1);
+        to_status(|s| s.policy_evaluation(&self.rule, result));
+    }
 }
 
 /// `rule` is a configured rule name.
 pub fn tls_policy_counters(rule: &str) -> PolicyCounters {
     let c = |result: &'static str| counter!(TLS_POLICY, "policy" => rule.to_string(), "result" => result);
+    to_status(|s| s.policy_rules([rule]));
     PolicyCounters {
+        rule: rule.into(),
         satisfied: c("satisfied"),
         would_refuse: c("would_refuse"),
         refused: c("refused"),
@@ -222,6 +256,7 @@ impl Drop for ActiveConnection {
 /// `tls`: "starttls", "implicit" or "none".
 pub fn session(tls: &'static str) {
     counter!(SESSIONS, "tls" => tls).increment(1);
+    to_status(|s| s.session(tls));
 }
 
 /// A completed handshake. `version` and `cipher` are rustls's fixed names,
@@ -242,30 +277,40 @@ pub fn handshake(
     )
     .increment(1);
     histogram!(HANDSHAKE_DURATION).record(duration.as_secs_f64());
+    to_status(|s| s.handshake(version, sni, certificate));
 }
 
-/// `reason` comes from `HandshakeFailure::label` (a fixed set).
-pub fn handshake_failed(reason: &'static str) {
+/// `reason` comes from `HandshakeFailure::reason` (a fixed set);
+/// `offered` is the client's highest offered version (`unknown` without a
+/// readable ClientHello), for the status page's failure table.
+pub fn handshake_failed(reason: &'static str, offered: &'static str) {
     counter!(HANDSHAKE_FAILURES, "reason" => reason).increment(1);
+    to_status(|s| s.handshake_failed(reason, offered));
 }
 
 /// The highest version a ClientHello offered (a fixed set of names).
 pub fn client_max_version(version: &'static str) {
     counter!(CLIENT_MAX_VERSION, "version" => version).increment(1);
+    to_status(|s| s.client_max_version(version));
 }
 
-pub fn backend_up(backend: &str, server: &str, up: bool) {
+/// A health probe's result: up, or down with why (`error`, built from
+/// fixed words and config values, never from what the server said).
+pub fn backend_probe(backend: &str, server: &str, error: Option<&str>) {
     gauge!(BACKEND_UP, "backend" => backend.to_string(), "server" => server.to_string())
-        .set(if up { 1.0 } else { 0.0 });
+        .set(if error.is_none() { 1.0 } else { 0.0 });
+    to_status(|s| s.backend_probe(backend, server, error));
 }
 
 pub fn backend_connect_failed(backend: &str, server: &str) {
     counter!(BACKEND_CONNECT_FAILURES, "backend" => backend.to_string(), "server" => server.to_string())
         .increment(1);
+    to_status(|s| s.backend_connect_failed(backend, server));
 }
 
 pub fn message_relayed() {
     counter!(MESSAGES_RELAYED).increment(1);
+    to_status(Status::message_relayed);
 }
 
 pub fn bytes_relayed(direction: Direction, bytes: u64) {
@@ -277,10 +322,12 @@ pub fn bytes_relayed(direction: Direction, bytes: u64) {
 /// `not_after` in Unix seconds.
 pub fn certificate_not_after(certificate: &str, not_after: i64) {
     gauge!(CERT_NOT_AFTER, "certificate" => certificate.to_string()).set(not_after as f64);
+    to_status(|s| s.certificate_not_after(certificate, not_after));
 }
 
 /// `result` from `ReloadResult::as_str` (success, failure, unchanged).
 pub fn certificate_reload(certificate: &str, result: &'static str) {
     counter!(CERT_RELOADS, "certificate" => certificate.to_string(), "result" => result)
         .increment(1);
+    to_status(|s| s.certificate_reload(certificate, result));
 }

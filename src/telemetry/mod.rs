@@ -1,8 +1,10 @@
-//! Logs (tracing, text or JSON on stderr), Prometheus metrics and the
-//! `/metrics`, `/healthz`, `/ready` endpoint (DESIGN.md §6).
+//! Logs (tracing, text or JSON on stderr), Prometheus metrics, the status
+//! model, and the `/metrics`, `/healthz`, `/ready`, `/status` endpoint
+//! (DESIGN.md §6).
 
 pub mod http;
 pub mod metrics;
+pub mod status;
 
 use std::io::IsTerminal;
 

@@ -16,6 +16,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::telemetry::metrics;
+use crate::telemetry::status::{self, CertificateFacts};
 use notify::Watcher;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -409,12 +410,22 @@ impl Reloader {
         if candidates.iter().any(Option::is_some) {
             self.commit(candidates, &mut results);
         }
+        if results.contains(&ReloadResult::Success) {
+            // A rotation may change a certificate's names.
+            self.publish_status();
+        }
         for (t, r) in self.certs.iter().zip(&results) {
             metrics::certificate_reload(&t.config.name, r.as_str());
             metrics::certificate_not_after(&t.config.name, t.good.not_after);
         }
         self.rewatch();
         results
+    }
+
+    /// Tells the status page what is served now.
+    fn publish_status(&self) {
+        let served: Vec<Arc<LoadedCert>> = self.certs.iter().map(|t| t.good.clone()).collect();
+        publish_status(&served, &self.config);
     }
 
     /// Takes the new certificates that fit with the rest: each is tried on
@@ -469,6 +480,20 @@ impl Reloader {
     /// SIGHUP: re-reads the config file; applies certificates and TLS
     /// settings, names what needs a restart, keeps everything on error.
     pub fn reload_config(&mut self) {
+        let ok = self.apply_config();
+        status::config_reloaded(ok);
+        if ok {
+            // New certificates get their expiry at once, not at their
+            // first file change.
+            for t in &self.certs {
+                metrics::certificate_not_after(&t.config.name, t.good.not_after);
+            }
+            self.publish_status();
+        }
+    }
+
+    /// `reload_config`'s work; false when the reload was abandoned.
+    fn apply_config(&mut self) -> bool {
         info!(config = %self.config.path.display(), "SIGHUP: reloading the config and certificates");
         let new = match Config::load(&self.config.path) {
             Ok(c) => c,
@@ -479,7 +504,7 @@ impl Reloader {
                 error!(
                     "config reload failed; still running on the previous config and certificates"
                 );
-                return;
+                return false;
             }
         };
         let needs_restart = restart_only_changes(&self.config, &new);
@@ -490,7 +515,7 @@ impl Reloader {
             Ok(a) => a,
             Err(errors) => {
                 error!("{errors}; keeping the previous certificates");
-                return;
+                return false;
             }
         };
         let cx = LoadContext {
@@ -542,7 +567,7 @@ impl Reloader {
                 }
                 (Err(e), None) => {
                     error!(certificate = %c.name, error = %e, "new certificate cannot be loaded; config reload abandoned");
-                    return;
+                    return false;
                 }
             }
         }
@@ -551,7 +576,7 @@ impl Reloader {
             Ok(s) => s,
             Err(e) => {
                 error!(error = %e, "config reload abandoned");
-                return;
+                return false;
             }
         };
         match self.terminator.apply_settings(
@@ -563,7 +588,7 @@ impl Reloader {
             Ok(false) => {}
             Err(e) => {
                 error!(error = %e, "cannot apply the new TLS settings; config reload abandoned");
-                return;
+                return false;
             }
         }
         self.terminator.swap_store(store);
@@ -578,7 +603,25 @@ impl Reloader {
             hook(&self.config);
         }
         info!(certificates = self.certs.len(), "config reloaded");
+        true
     }
+}
+
+/// Tells the status page which certificates are served: `served` holds
+/// the certificates of `config`, in its order.
+pub fn publish_status(served: &[Arc<LoadedCert>], config: &Config) {
+    let facts = served
+        .iter()
+        .enumerate()
+        .map(|(i, c)| CertificateFacts {
+            name: c.name.clone(),
+            names: c.names.clone(),
+            algorithm: c.algorithm.as_str(),
+            default: i == config.tls.default_certificate,
+            not_after: c.not_after,
+        })
+        .collect();
+    status::set_certificates(facts, config.tls.expiry_warning);
 }
 
 fn parent(p: &Path) -> Option<PathBuf> {
