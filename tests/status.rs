@@ -315,6 +315,30 @@ fn a_browser_shows_the_traffic_the_failures_the_certificates_and_the_backend() {
             assert!(!page.contains(needle), "{needle:?} on the page:\n{page}");
         }
     }
+    // The SNI is never written raw to a log (DESIGN §2): rustls's own log
+    // lines quoted it ("Illegal SNI hostname received") until its
+    // `logging` feature was turned off. The HELO is logged, sanitised, in
+    // its own field; nothing else may carry the <script> text.
+    let logs = proxy.all_logs();
+    for line in logs.lines().filter(|l| l.contains("<script")) {
+        let v: Value = serde_json::from_str(line).unwrap();
+        for (field, value) in v.as_object().unwrap() {
+            if !field.starts_with("helo") {
+                assert!(
+                    !value.to_string().contains("<script"),
+                    "raw <script> in log field {field}: {line}"
+                );
+            }
+        }
+    }
+    assert!(!logs.contains("Illegal SNI"), "{logs}");
+    assert!(
+        proxy
+            .logs_with("tls handshake failed")
+            .iter()
+            .any(|l| l["sni"] == "invalid"),
+        "{logs}"
+    );
 }
 
 /// Four TLS 1.3 handshakes (two with SNI, one without, one with an SNI no
