@@ -65,6 +65,8 @@ pub struct RelaySettings {
     pub received: Option<ReceivedSettings>,
     /// What TLS policy rules are asked with.
     pub policy: RelayPolicy,
+    /// The backend the session was routed to (the metrics' `backend` label).
+    pub backend: std::sync::Arc<str>,
 }
 
 /// The TLS policy of a relayed session and the facts it is asked with
@@ -1010,7 +1012,7 @@ impl Relay<'_> {
             Some(Expect::MessageEnd) => {
                 if reply.is_positive() {
                     self.stats.messages += 1;
-                    metrics::message_relayed();
+                    metrics::message_relayed(&self.settings.backend);
                 }
                 self.to_client.extend_from_slice(&reply.to_bytes());
             }

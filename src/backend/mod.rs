@@ -14,6 +14,7 @@
 
 pub mod health;
 pub mod identity;
+pub mod route;
 pub mod sink;
 pub mod xclient;
 

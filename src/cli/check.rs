@@ -82,6 +82,7 @@ fn report(path: &Path) -> Value {
         "sni": [],
         "no_sni": null,
         "tls_policy": [],
+        "routes": [],
     })
 }
 
@@ -212,6 +213,7 @@ fn build(path: &Path) -> (Value, Option<(Config, CertStore)>) {
         );
     }
     r["no_sni"] = served(None);
+    check_routes(&mut r, &config, &store);
 
     // A sender without SNI that checks the MX name: both kinds of client.
     let mut uncovered: Vec<String> = Vec::new();
@@ -232,6 +234,40 @@ fn build(path: &Path) -> (Value, Option<(Config, CertStore)>) {
         );
     }
     (r, Some((config, store)))
+}
+
+/// `[[route]]`s: what each sends where, and a warning (file, line, key)
+/// for a routed name no certificate covers: its senders would get the
+/// default certificate, which names another host.
+fn check_routes(r: &mut Value, config: &Config, store: &CertStore) {
+    for route in &config.routes {
+        let backend = config
+            .backends
+            .get(route.backend)
+            .map_or("", |b| b.name.as_str());
+        push(r, "routes", json!({ "sni": route.sni, "backend": backend }));
+        for (j, name) in route.sni.iter().enumerate() {
+            let covered = store
+                .certificates()
+                .iter()
+                .any(|c| match name.strip_prefix("*.") {
+                    // A wildcard route: every name under it needs the same wildcard.
+                    Some(_) => c.names.iter().any(|n| n == name),
+                    None => covers(&c.names, name),
+                });
+            if !covered {
+                let w = crate::config::ConfigError::new(
+                    &config.path,
+                    route.sni_at,
+                    format!("{}.sni[{j}]", route.key_path),
+                    format!(
+                        "{name:?} is routed to {backend:?} but no certificate covers it (its senders get the default certificate)"
+                    ),
+                );
+                push(r, "warnings", json!(w.to_string()));
+            }
+        }
+    }
 }
 
 /// One `[[tls_policy]]` rule: what it matches, where it is asked, and
@@ -394,6 +430,20 @@ fn print_text(out: &mut impl Write, r: &Value, own: Option<&OwnReport>) {
             format!("{e:?} (ECDSA clients), {r:?} (RSA-only clients)")
         }
     };
+    for route in r["routes"].as_array().into_iter().flatten() {
+        let names: Vec<String> = route["sni"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(s)
+            .collect();
+        let _ = writeln!(
+            out,
+            "route {} -> backend {:?}",
+            names.join(", "),
+            s(&route["backend"])
+        );
+    }
     for n in r["sni"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,

@@ -20,6 +20,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{error, info, warn};
 
 use crate::backend::Backend;
+use crate::backend::route::{Routes, SharedRoutes};
 use crate::backend::xclient::Dns;
 use crate::config::Config;
 use crate::listener::{self, ConnectionTable};
@@ -88,6 +89,8 @@ async fn run(config: Config) -> Result<(), Exit> {
     // After the recorder: the rules' counters are registered with it.
     let policy = crate::policy::shared(&config.tls_policy);
     log_policy(&config);
+    let routes = Routes::shared(&config.routes);
+    log_routes(&config);
 
     let config = Arc::new(config);
     let readiness = Arc::new(Readiness::default());
@@ -105,9 +108,20 @@ async fn run(config: Config) -> Result<(), Exit> {
     let reloader =
         Reloader::new(config.clone(), tls.clone(), anchors, channel).on_config(Box::new({
             let policy = policy.clone();
+            let routes = routes.clone();
+            let running: Vec<String> = backends.iter().map(|b| b.name.clone()).collect();
             move |c: &Config| {
                 policy.store(Arc::new(Policy::new(&c.tls_policy)));
                 log_policy(c);
+                match Routes::for_running(c, &running) {
+                    Ok(r) => {
+                        routes.store(Arc::new(r));
+                        log_routes(c);
+                    }
+                    Err(e) => {
+                        error!(error = %e, "routes not reloaded: the previous routes stay in force");
+                    }
+                }
             }
         }));
     background.spawn_reporting_panic(
@@ -126,6 +140,7 @@ async fn run(config: Config) -> Result<(), Exit> {
         &tls,
         &readiness,
         &policy,
+        &routes,
     )
     .await;
     background.stop().await;
@@ -141,7 +156,9 @@ async fn serve(
     tls: &TlsTerminator,
     readiness: &Readiness,
     policy: &SharedPolicy,
+    routes: &SharedRoutes,
 ) {
+    let all: Arc<[Arc<Backend>]> = backends.iter().cloned().collect();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let table = Arc::new(ConnectionTable::new(config.limits.max_connections));
     let mut tasks = Vec::new();
@@ -166,6 +183,8 @@ async fn serve(
             mode: l.mode,
             tls_policy: l.tls,
             backend: backends[l.backend].clone(),
+            backends: all.clone(),
+            routes: routes.clone(),
             tls: tls.clone(),
             limits: config.limits,
             timeouts: config.timeouts,
@@ -224,6 +243,18 @@ fn log_policy(config: &Config) {
         );
     }
     info!(rules = config.tls_policy.len(), "tls policy loaded");
+}
+
+/// One line per route in force (at start and after SIGHUP).
+fn log_routes(config: &Config) {
+    for r in &config.routes {
+        let backend = config
+            .backends
+            .get(r.backend)
+            .map_or("", |b| b.name.as_str());
+        info!(route = %r.key_path, sni = %r.sni.join(","), backend, "route");
+    }
+    info!(routes = config.routes.len(), "routes loaded");
 }
 
 /// Trust anchors, every certificate, and the TLS configuration built on them.

@@ -8,6 +8,7 @@
 
 pub mod error;
 pub mod raw;
+pub mod routes;
 pub mod tls_policy;
 
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ pub use raw::{
     BareNewline, ChainCheck, Identity, ListenerMode, LogFormat, LogLevel, MinVersion, PolicyMode,
     RefusalReply, Require, TlsPolicy,
 };
+pub use routes::RouteConfig;
 pub use tls_policy::{DomainPattern, TlsRule};
 
 use raw::RawConfig;
@@ -47,6 +49,8 @@ pub struct Config {
     pub reload: ReloadConfig,
     /// `[[tls_policy]]` rules, in file order (reloaded by SIGHUP).
     pub tls_policy: Vec<TlsRule>,
+    /// `[[route]]` entries, in file order (reloaded by SIGHUP).
+    pub routes: Vec<RouteConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -253,6 +257,7 @@ impl Checker<'_> {
         let certificates = self.certificates(&raw);
         let tls = self.tls(&raw, &certificates);
         let tls_policy = self.tls_policy(&raw);
+        let routes = self.routes(&raw, &backend_index);
 
         let limits = Limits {
             max_connections: self.positive(&raw.limits.max_connections, "limits.max_connections"),
@@ -317,6 +322,7 @@ impl Checker<'_> {
             timeouts,
             reload,
             tls_policy,
+            routes,
         })
     }
 

@@ -38,6 +38,18 @@ pub struct RawConfig {
     /// Staged TLS enforcement (DESIGN.md §9), in file order.
     #[serde(default)]
     pub tls_policy: Vec<Spanned<RawTlsRule>>,
+    /// SNI -> backend after the handshake (DESIGN.md §10), in file order.
+    #[serde(default)]
+    pub route: Vec<Spanned<RawRoute>>,
+}
+
+/// One `[[route]]` as written: the names (exact or `*.parent`) and the
+/// backend their sessions go to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub sni: Spanned<Vec<Spanned<String>>>,
+    pub backend: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
