@@ -549,6 +549,7 @@ async fn relay_to_backend<C>(
         return;
     };
     let server = backend.server.clone();
+    let backend_tls = backend.tls;
     let mut settings = RelaySettings {
         hostname: ctx.hostname.clone(),
         line_limit: ctx.limits.line_length,
@@ -598,6 +599,8 @@ async fn relay_to_backend<C>(
         tls = tls.as_str(),
         backend = %pool.name,
         server = %server,
+        backend_tls = backend_tls.map_or("none", |h| h.version),
+        backend_tls_resumed = backend_tls.map(|h| h.resumed),
         messages = stats.messages,
         smuggling_attempts = stats.smuggling,
         bytes_in = stats.bytes_in,

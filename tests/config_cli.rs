@@ -487,3 +487,39 @@ fn check_shows_routes_and_warns_about_a_routed_name_no_certificate_covers() {
         serde_json::json!([{"sni": ["mx.tenant2.test", "*.wild.test", "mx.nocert.test"], "backend": "t2"}])
     );
 }
+
+// === [[backend]] tls ===
+
+#[test]
+fn backend_tls_keys_without_tls_or_on_the_sink_are_named_with_file_and_line() {
+    let config = ProxyConfig::servers(&["127.0.0.1:10025".parse().unwrap()])
+        .append("\n[[backend]]\nname = \"t2\"\nservers = [\"127.0.0.1:10026\"]\ntls_name = \"backend.example.test\"\n")
+        .append("\n[[backend]]\nname = \"t3\"\nsink = \"{dir}/t3\"\ntls = \"starttls\"\n")
+        .append("\n[[backend]]\nname = \"t4\"\nservers = [\"127.0.0.1:10027\"]\ntls = \"implicit\"\ntls_verify = false\ntls_ca = \"{certs}/ca.pem\"\n");
+    let name = line_of(&config, "tls_name =");
+    let sink = line_of(&config, "tls = \"starttls\"");
+    let ca = line_of(&config, "tls_ca =");
+    run_fails_with(
+        config,
+        &[
+            &format!(
+                "{{path}}:{name}:12: backend[1].tls_name: only with tls = \"starttls\" or \"implicit\""
+            ),
+            &format!("{{path}}:{sink}:7: backend[2].tls: the built-in sink has no TLS"),
+            &format!("{{path}}:{ca}:10: backend[3].tls_ca: tls_verify = false verifies nothing"),
+        ],
+    );
+}
+
+#[test]
+fn an_unknown_backend_tls_mode_is_named_with_file_and_line() {
+    let config = ProxyConfig::servers(&["127.0.0.1:10025".parse().unwrap()])
+        .replace("servers = [", "tls = \"required\"\nservers = [");
+    let line = line_of(&config, "tls = \"required\"");
+    run_fails_with(
+        config,
+        &[&format!(
+            "{{path}}:{line}:7: backend[0].tls: unknown variant `required`"
+        )],
+    );
+}

@@ -315,6 +315,13 @@ fn prepare_backends(config: &Config) -> Result<Vec<Arc<Backend>>, Exit> {
     };
     let mut backends = Vec::new();
     for b in &config.backends {
+        if let Some(t) = &b.tls {
+            if t.verify {
+                info!(backend = %b.name, tls = t.mode.as_str(), ca = %t.ca.as_ref().map_or("system roots".to_string(), |p| p.display().to_string()), name = t.name.as_deref().unwrap_or("the server's address"), "backend tls");
+            } else {
+                warn!(backend = %b.name, tls = t.mode.as_str(), "backend tls: tls_verify = false: the backend's certificate is NOT verified (anyone on the path can impersonate it)");
+            }
+        }
         let dns = xclient(b).then(|| dns.clone()).flatten();
         match Backend::new(b, &config.hostname, config.timeouts.backend_connect, dns) {
             Ok(b) => backends.push(Arc::new(b)),
