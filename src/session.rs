@@ -579,6 +579,7 @@ async fn relay_to_backend<C>(
             mail_refused,
         },
         backend: route,
+        backend_tls: backend_tls.is_some(),
     };
     // Not held for the session's life: the task keeps only what the
     // relay uses.

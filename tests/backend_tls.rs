@@ -253,3 +253,26 @@ fn postfix_takes_xclient_after_starttls() {
         "{commands:?}"
     );
 }
+
+/// REQUIRETLS (RFC 8689) promises TLS on every hop: a backend offering it
+/// over a plaintext hop is not passed on, before TLS or after.
+#[test]
+fn requiretls_is_not_passed_on_over_a_plaintext_hop() {
+    let b = ScriptedBackend::start(
+        "220 backend.test ESMTP",
+        &[(
+            "EHLO",
+            "250-backend.test\r\n250-PIPELINING\r\n250-REQUIRETLS\r\n250 8BITMIME",
+        )],
+    );
+    let p = Proxy::start(ProxyConfig::servers(&[b.addr]));
+    let mut c = Smtp::connect(p.addr());
+    c.expect("220");
+    let pre = c.cmd("EHLO client.sender.test", "250");
+    assert!(!pre.contains("REQUIRETLS"), "{pre}");
+    assert!(pre.contains("250-PIPELINING\r\n"), "{pre}");
+    c.cmd("STARTTLS", "220");
+    let mut c = c.start_tls(Some("mx1.example.test"), "mx1.example.test").unwrap();
+    let post = c.cmd("EHLO client.sender.test", "250");
+    assert_eq!(post, "250-backend.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n");
+}

@@ -253,6 +253,7 @@ mod tests {
             "SIZE 10240000",
             "VRFY",
             "ETRN",
+            "REQUIRETLS",
             "STARTTLS",
             "AUTH PLAIN LOGIN",
             "AUTH=PLAIN",
