@@ -272,7 +272,12 @@ fn requiretls_is_not_passed_on_over_a_plaintext_hop() {
     assert!(!pre.contains("REQUIRETLS"), "{pre}");
     assert!(pre.contains("250-PIPELINING\r\n"), "{pre}");
     c.cmd("STARTTLS", "220");
-    let mut c = c.start_tls(Some("mx1.example.test"), "mx1.example.test").unwrap();
+    let mut c = c
+        .start_tls(Some("mx1.example.test"), "mx1.example.test")
+        .unwrap();
     let post = c.cmd("EHLO client.sender.test", "250");
-    assert_eq!(post, "250-backend.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n");
+    assert_eq!(
+        post,
+        "250-backend.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
+    );
 }

@@ -523,3 +523,26 @@ fn an_unknown_backend_tls_mode_is_named_with_file_and_line() {
         )],
     );
 }
+
+#[test]
+fn check_reads_the_backend_tls_ca_as_run_does() {
+    let config = ProxyConfig::servers(&["127.0.0.1:10025".parse().unwrap()]).replace(
+        "servers = [",
+        "tls = \"starttls\"\ntls_ca = \"{dir}/missing-ca.pem\"\nservers = [",
+    );
+    run_fails_with(config, &["backend \"b\": tls_ca ", "missing-ca.pem"]);
+    // tls_verify = false: a warning, not an error.
+    let dir = tempdir();
+    let config = ProxyConfig::servers(&["127.0.0.1:10025".parse().unwrap()]).replace(
+        "servers = [",
+        "tls = \"implicit\"\ntls_verify = false\nservers = [",
+    );
+    let path = write_config(&dir, &config.text);
+    let out = run_bin(&["check", "--config", &path]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("warning: backend \"b\": tls_verify = false"),
+        "{stdout}"
+    );
+}

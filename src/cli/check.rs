@@ -116,6 +116,32 @@ fn build(path: &Path) -> (Value, Option<(Config, CertStore)>) {
             push(&mut r, "warnings", json!(w));
         }
     }
+    // TLS to the backends, built as `run` builds it (tls_ca read, tls_name
+    // parsed); tls_verify = false is worth a warning.
+    for b in &config.backends {
+        let Some(t) = &b.tls else { continue };
+        if let Err(e) = crate::backend::tls::BackendTls::new(t) {
+            push(
+                &mut r,
+                "errors",
+                json!(format!(
+                    "{}: backend {:?}: {e}",
+                    config.path.display(),
+                    b.name
+                )),
+            );
+        }
+        if !t.verify {
+            push(
+                &mut r,
+                "warnings",
+                json!(format!(
+                    "backend {:?}: tls_verify = false: the backend's certificate is not verified",
+                    b.name
+                )),
+            );
+        }
+    }
     let anchors = match CertStore::load_anchors(&config) {
         Ok(a) => a,
         Err(errors) => {
