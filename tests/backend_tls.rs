@@ -281,3 +281,75 @@ fn requiretls_is_not_passed_on_over_a_plaintext_hop() {
         "250-backend.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
     );
 }
+
+/// A backend speaking implicit TLS (a rustls server with a certificate for
+/// backend.example.test from the test PKI) whose EHLO offers REQUIRETLS.
+fn tls_backend_offering_requiretls() -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let leaf = pki::leaf(&["backend.example.test"]);
+    let chain: Vec<rustls_pki_types::CertificateDer<'static>> =
+        rustls_pki_types::pem::PemObject::pem_slice_iter(leaf.fullchain().as_bytes())
+            .map(Result::unwrap)
+            .collect();
+    let key: rustls_pki_types::PrivateKeyDer<'static> =
+        rustls_pki_types::pem::PemObject::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let config = std::sync::Arc::new(
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap(),
+    );
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for tcp in l.incoming().map_while(Result::ok) {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let conn = rustls::ServerConnection::new(config).unwrap();
+                let mut tls = BufReader::new(rustls::StreamOwned::new(conn, tcp));
+                let _ = tls.get_mut().write_all(b"220 backend.test ESMTP\r\n");
+                let mut line = String::new();
+                while matches!(tls.read_line(&mut line), Ok(n) if n > 0) {
+                    let upper = line.to_ascii_uppercase();
+                    let reply: &[u8] = if upper.starts_with("EHLO") {
+                        b"250-backend.test\r\n250-REQUIRETLS\r\n250 8BITMIME\r\n"
+                    } else if upper.starts_with("QUIT") {
+                        b"221 2.0.0 Bye\r\n"
+                    } else {
+                        b"250 2.0.0 Ok\r\n"
+                    };
+                    if tls.get_mut().write_all(reply).is_err() || upper.starts_with("QUIT") {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn requiretls_is_passed_on_when_client_and_hop_are_tls() {
+    let addr = tls_backend_offering_requiretls();
+    let p = Proxy::start(ProxyConfig::standard(&format!(
+        "servers = [\"{addr}\"]\ntls = \"implicit\"\ntls_ca = \"{{certs}}/ca.pem\"\ntls_name = \"backend.example.test\"\n"
+    )));
+    let mut c = Smtp::connect(p.addr());
+    c.expect("220");
+    let pre = c.cmd("EHLO client.sender.test", "250");
+    assert!(!pre.contains("REQUIRETLS"), "never before TLS: {pre}");
+    c.cmd("STARTTLS", "220");
+    let mut c = c
+        .start_tls(Some("mx1.example.test"), "mx1.example.test")
+        .unwrap();
+    let post = c.cmd("EHLO client.sender.test", "250");
+    assert_eq!(
+        post,
+        "250-backend.test\r\n250-REQUIRETLS\r\n250 8BITMIME\r\n"
+    );
+}
