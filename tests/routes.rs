@@ -93,6 +93,10 @@ backend = "t2"
 "#,
     );
 
+    // A routed name no certificate covers is warned about at start, with
+    // file, line and key; the one here is covered (*.wild.test).
+    assert!(!p.all_logs().contains("is routed to"), "{}", p.all_logs());
+
     // Before TLS: only what both pools take. The sink has no SIZE and no
     // VRFY, Postfix has both.
     let mut c = Smtp::connect(p.addr());
@@ -167,9 +171,18 @@ fn a_route_to_a_pool_that_is_down_gets_421_while_the_other_tenant_delivers() {
         &format!("servers = [\"127.0.0.1:{DEAD}\"]\nhealth_interval = \"1s\""),
         r#"
 [[route]]
-sni = ["mx.tenant2.test"]
+sni = ["mx.tenant2.test", "mx.nocert.test"]
 backend = "t2"
 "#,
+    );
+    // In the JSON log line, after the file and line.
+    let warning = r#"proxy.toml:"#;
+    let logs = p.all_logs();
+    assert!(
+        logs.lines().any(|l| l.contains(warning)
+            && l.contains(r#"route[0].sni[1]: \"mx.nocert.test\" is routed to \"t2\" but no certificate covers it"#)
+            && l.contains(r#""level":"WARN""#)),
+        "{logs}"
     );
     // The default pool is up: the greeting is 220 for everyone.
     let mut c = Smtp::connect(p.addr());

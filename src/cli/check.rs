@@ -262,9 +262,8 @@ fn build(path: &Path) -> (Value, Option<(Config, CertStore)>) {
     (r, Some((config, store)))
 }
 
-/// `[[route]]`s: what each sends where, and a warning (file, line, key)
-/// for a routed name no certificate covers: its senders would get the
-/// default certificate, which names another host.
+/// `[[route]]`s: what each sends where, and the warnings of
+/// [`route_warnings`].
 fn check_routes(r: &mut Value, config: &Config, store: &CertStore) {
     for route in &config.routes {
         let backend = config
@@ -272,12 +271,28 @@ fn check_routes(r: &mut Value, config: &Config, store: &CertStore) {
             .get(route.backend)
             .map_or("", |b| b.name.as_str());
         push(r, "routes", json!({ "sni": route.sni, "backend": backend }));
+    }
+    for w in route_warnings(config, store) {
+        push(r, "warnings", json!(w));
+    }
+}
+
+/// A routed name no certificate covers (file, line, key): its senders
+/// would get the default certificate, which names another host. A
+/// wildcard route needs the same wildcard on a certificate. `run` logs
+/// these at start, `check` reports them.
+pub fn route_warnings(config: &Config, store: &CertStore) -> Vec<String> {
+    let mut out = Vec::new();
+    for route in &config.routes {
+        let backend = config
+            .backends
+            .get(route.backend)
+            .map_or("", |b| b.name.as_str());
         for (j, name) in route.sni.iter().enumerate() {
             let covered = store
                 .certificates()
                 .iter()
                 .any(|c| match name.strip_prefix("*.") {
-                    // A wildcard route: every name under it needs the same wildcard.
                     Some(_) => c.names.iter().any(|n| n == name),
                     None => covers(&c.names, name),
                 });
@@ -290,10 +305,11 @@ fn check_routes(r: &mut Value, config: &Config, store: &CertStore) {
                         "{name:?} is routed to {backend:?} but no certificate covers it (its senders get the default certificate)"
                     ),
                 );
-                push(r, "warnings", json!(w.to_string()));
+                out.push(w.to_string());
             }
         }
     }
+    out
 }
 
 /// One `[[tls_policy]]` rule: what it matches, where it is asked, and

@@ -74,6 +74,9 @@ async fn run(config: Config) -> Result<(), Exit> {
     // reads it (no task) until the reloader starts.
     let hangups = install_hangup_handler();
     let (anchors, tls) = load_tls(&config)?;
+    for w in crate::cli::check::route_warnings(&config, &tls.store()) {
+        warn!("{w}");
+    }
     let backends = prepare_backends(&config)?;
     let metrics = match config.metrics {
         Some(_) => Some(install_metrics()?),
