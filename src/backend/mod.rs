@@ -416,6 +416,8 @@ impl Backend {
         result
     }
 
+    /// The steps in wire order: TCP and the PROXY header, implicit TLS,
+    /// the greeting, STARTTLS, XCLIENT (DESIGN.md §10).
     async fn try_connect_one(
         &self,
         addr: SocketAddr,
@@ -423,52 +425,19 @@ impl Backend {
         timeout: Duration,
     ) -> Result<BackendConn, BackendError> {
         let server = addr.to_string();
-        let (mut io, header_sent) = self.open(addr, header, timeout).await?;
-        let mut hop = None;
-        if let Some(tls) = self
-            .tls
-            .as_ref()
-            .filter(|t| t.mode == BackendTlsMode::Implicit)
-        {
-            let (tls_io, h) = tls.handshake(io, addr, timeout).await?;
-            io = tls_io;
-            hop = Some(h);
-        }
+        let (io, header_sent) = self.open(addr, header, timeout).await?;
         let mut parser = ReplyParser::default();
-        let greeting = tokio::time::timeout(timeout, read_reply(&mut io, &mut parser, &server))
-            .await
-            .map_err(|_| BackendError::GreetingTimeout {
-                server: server.clone(),
-                timeout,
-            })?;
-        let greeting = match greeting {
-            Err(BackendError::GreetingEof { server }) if header_sent => {
-                return Err(BackendError::ProxyHeaderRejected {
-                    server,
-                    detail: "closed right after the PROXY header".to_string(),
-                });
-            }
-            other => other?,
-        };
-        if greeting.code != 220 {
-            return Err(self.greeting_refused(server, greeting, header));
-        }
-        if let Some(tls) = self
-            .tls
-            .as_ref()
-            .filter(|t| t.mode == BackendTlsMode::Starttls)
-        {
-            let exchange = self.start_tls(&mut io, &mut parser, &server);
-            tokio::time::timeout(timeout, exchange)
-                .await
-                .map_err(|_| BackendError::EhloTimeout {
-                    server: server.clone(),
-                    timeout,
-                })??;
-            let (tls_io, h) = tls.handshake(io, addr, timeout).await?;
-            io = tls_io;
-            hop = Some(h);
-        }
+        let phase = BackendTlsMode::Implicit;
+        let (mut io, implicit) = self
+            .tls_phase(phase, io, &mut parser, addr, timeout)
+            .await?;
+        self.greeting(&mut io, &mut parser, &server, header, header_sent, timeout)
+            .await?;
+        let phase = BackendTlsMode::Starttls;
+        let (mut io, starttls) = self
+            .tls_phase(phase, io, &mut parser, addr, timeout)
+            .await?;
+        let hop = implicit.or(starttls);
         if let Some(h) = hop {
             debug!(backend = %self.name, server = %server, version = h.version, resumed = h.resumed, probe = matches!(header, Header::Probe), "backend tls handshake");
         }
@@ -496,6 +465,62 @@ impl Backend {
             parser,
             tls: hop,
         })
+    }
+
+    /// Reads the greeting; anything but 220 fails (after a PROXY header,
+    /// a close is that header refused).
+    async fn greeting(
+        &self,
+        io: &mut Box<dyn BackendIo>,
+        parser: &mut ReplyParser,
+        server: &str,
+        header: Header<'_>,
+        header_sent: bool,
+        timeout: Duration,
+    ) -> Result<(), BackendError> {
+        let greeting = tokio::time::timeout(timeout, read_reply(io, parser, server))
+            .await
+            .map_err(|_| BackendError::GreetingTimeout {
+                server: server.to_string(),
+                timeout,
+            })?;
+        let greeting = match greeting {
+            Err(BackendError::GreetingEof { server }) if header_sent => {
+                return Err(BackendError::ProxyHeaderRejected {
+                    server,
+                    detail: "closed right after the PROXY header".to_string(),
+                });
+            }
+            other => other?,
+        };
+        if greeting.code != 220 {
+            return Err(self.greeting_refused(server.to_string(), greeting, header));
+        }
+        Ok(())
+    }
+
+    /// TLS at this point of the exchange, if the pool's `tls` says so:
+    /// `Implicit` right after connecting, `Starttls` after the greeting
+    /// (EHLO, STARTTLS, its 220, then the handshake).
+    async fn tls_phase(
+        &self,
+        phase: BackendTlsMode,
+        mut io: Box<dyn BackendIo>,
+        parser: &mut ReplyParser,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<(Box<dyn BackendIo>, Option<tls::TlsHop>), BackendError> {
+        let Some(tls) = self.tls.as_ref().filter(|t| t.mode == phase) else {
+            return Ok((io, None));
+        };
+        if phase == BackendTlsMode::Starttls {
+            let server = addr.to_string();
+            tokio::time::timeout(timeout, self.start_tls(&mut io, parser, &server))
+                .await
+                .map_err(|_| BackendError::EhloTimeout { server, timeout })??;
+        }
+        let (io, hop) = tls.handshake(io, addr, timeout).await?;
+        Ok((io, Some(hop)))
     }
 
     /// Connects, and writes the PROXY header if the pool sends one
