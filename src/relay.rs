@@ -65,6 +65,10 @@ pub struct RelaySettings {
     pub received: Option<ReceivedSettings>,
     /// What TLS policy rules are asked with.
     pub policy: RelayPolicy,
+    /// The backend the session was routed to (the metrics' `backend` label).
+    pub backend: std::sync::Arc<str>,
+    /// The hop to the backend is TLS: REQUIRETLS may pass (DESIGN.md §10).
+    pub backend_tls: bool,
 }
 
 /// The TLS policy of a relayed session and the facts it is asked with
@@ -987,7 +991,11 @@ impl Relay<'_> {
             Some(Expect::Ehlo) => {
                 self.chunking = ehlo::offers(&reply, b"CHUNKING");
                 self.to_client
-                    .extend_from_slice(&ehlo::filter_backend_reply(&reply, self.settings.tls));
+                    .extend_from_slice(&ehlo::filter_backend_reply(
+                        &reply,
+                        self.settings.tls,
+                        self.settings.backend_tls,
+                    ));
             }
             Some(Expect::DataGo) => {
                 self.mode = if reply.code == 354 {
@@ -1010,7 +1018,7 @@ impl Relay<'_> {
             Some(Expect::MessageEnd) => {
                 if reply.is_positive() {
                     self.stats.messages += 1;
-                    metrics::message_relayed();
+                    metrics::message_relayed(&self.settings.backend);
                 }
                 self.to_client.extend_from_slice(&reply.to_bytes());
             }

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::backend::route::SharedRoutes;
 use crate::backend::{Backend, ClientIdentity, TlsFacts};
 use crate::config::{BareNewline, Limits, ListenerMode, Timeouts, TlsPolicy};
 use crate::policy::{Facts, SharedPolicy, Stage, TlsState, Verdict};
@@ -38,7 +39,12 @@ pub struct ListenerContext {
     pub label: Arc<str>,
     pub mode: ListenerMode,
     pub tls_policy: TlsPolicy,
+    /// The listener's own backend: no SNI, or no route for it.
     pub backend: Arc<Backend>,
+    /// Every configured backend, indexed as `[[route]]`s name them.
+    pub backends: Arc<[Arc<Backend>]>,
+    /// `[[route]]`s (DESIGN.md §10), swapped by SIGHUP.
+    pub routes: SharedRoutes,
     pub tls: TlsTerminator,
     pub limits: Limits,
     pub timeouts: Timeouts,
@@ -51,6 +57,31 @@ pub struct ListenerContext {
 }
 
 impl ListenerContext {
+    /// The pool a session goes to after its handshake: the route for its
+    /// SNI, else the listener's own.
+    pub fn route(&self, sni: Option<&str>) -> Arc<Backend> {
+        self.routes
+            .load()
+            .choose(sni)
+            .and_then(|i| self.backends.get(i))
+            .unwrap_or(&self.backend)
+            .clone()
+    }
+
+    /// Every pool a session of this listener may reach (its own first,
+    /// then the routes' targets), for the pre-TLS greeting and EHLO.
+    fn reachable(&self) -> Vec<Arc<Backend>> {
+        let mut out = vec![self.backend.clone()];
+        for i in self.routes.load().targets() {
+            if let Some(b) = self.backends.get(i)
+                && !out.iter().any(|o| Arc::ptr_eq(o, b))
+            {
+                out.push(b.clone());
+            }
+        }
+        out
+    }
+
     fn under_stress(&self) -> bool {
         *self.stress.borrow()
     }
@@ -197,10 +228,11 @@ async fn pre_tls(
     session_deadline: Instant,
 ) -> Plaintext {
     let host = ctx.hostname.as_str();
-    let health = ctx.backend.health();
-    if health.all_down() {
-        // No server answered its last probe: a session could only end in
-        // 421 later; say it now, before the client sends anything.
+    let pools = ctx.reachable();
+    if pools.iter().all(|b| b.health().all_down()) {
+        // No server of any pool a session could reach answered its last
+        // probe: a session could only end in 421 later; say it now,
+        // before the client sends anything.
         metrics::connection_rejected(Rejection::BackendDown);
         let _ = write(
             ctx,
@@ -211,8 +243,12 @@ async fn pre_tls(
         info!(%peer, tls = "none", outcome = "backend_down", messages = 0u64, "session");
         return Plaintext::Closed;
     }
+    // The route is known only after the handshake: offer what every
+    // pool takes (DESIGN.md §10).
+    let views: Vec<_> = pools.iter().map(|b| b.health().extensions()).collect();
+    drop(pools);
     let mut dialogue = PreTlsDialogue::new(host, ctx.tls_policy, ctx.limits.max_errors)
-        .with_extensions(health.extensions());
+        .with_extensions(crate::backend::health::common_extensions(&views));
     let mut codec = LineCodec::new(ctx.limits.line_length);
     if write(ctx, &mut tcp, dialogue.greeting().as_bytes())
         .await
@@ -485,7 +521,9 @@ async fn relay_to_backend<C>(
 {
     let started = std::time::Instant::now();
     let peer = who.client;
-    metrics::session(tls.as_str());
+    let pool = ctx.route(who.tls.as_ref().and_then(|t| t.sni.as_deref()));
+    let route: Arc<str> = Arc::from(pool.name.as_str());
+    metrics::session(tls.as_str(), &route);
     let Said {
         input,
         replay_helo,
@@ -499,6 +537,7 @@ async fn relay_to_backend<C>(
     // idle session keeps.
     let Some(backend) = Box::pin(open_backend(
         ctx,
+        &pool,
         &mut client,
         &who,
         replay_helo.as_deref(),
@@ -510,6 +549,7 @@ async fn relay_to_backend<C>(
         return;
     };
     let server = backend.server.clone();
+    let backend_tls = backend.tls;
     let mut settings = RelaySettings {
         hostname: ctx.hostname.clone(),
         line_limit: ctx.limits.line_length,
@@ -522,7 +562,7 @@ async fn relay_to_backend<C>(
         session_deadline,
         tls: tls != SessionTls::None,
         shutdown_grace: ctx.timeouts.shutdown_grace,
-        received: ctx.backend.received_header.then(|| ReceivedSettings {
+        received: pool.received_header.then(|| ReceivedSettings {
             client: who.client.ip(),
             tls: who.tls.clone(),
         }),
@@ -538,6 +578,8 @@ async fn relay_to_backend<C>(
             first_mail_asked: mail_asked,
             mail_refused,
         },
+        backend: route,
+        backend_tls: backend_tls.is_some(),
     };
     // Not held for the session's life: the task keeps only what the
     // relay uses.
@@ -556,8 +598,10 @@ async fn relay_to_backend<C>(
         helo = helo.map(sanitize).as_deref().unwrap_or("none"),
         helo_pre_tls = helo_pre_tls.map(sanitize).as_deref(),
         tls = tls.as_str(),
-        backend = %ctx.backend.name,
+        backend = %pool.name,
         server = %server,
+        backend_tls = backend_tls.map_or("none", |h| h.version),
+        backend_tls_resumed = backend_tls.map(|h| h.resumed),
         messages = stats.messages,
         smuggling_attempts = stats.smuggling,
         bytes_in = stats.bytes_in,
@@ -573,6 +617,7 @@ async fn relay_to_backend<C>(
 /// and the session its log line).
 async fn open_backend<C>(
     ctx: &ListenerContext,
+    pool: &Backend,
     client: &mut C,
     who: &ClientIdentity,
     replay_helo: Option<&[u8]>,
@@ -597,7 +642,7 @@ where
     // end with the grace: the client gets 421, not a reset.
     let proto = crate::backend::xclient::Proto::of_greeting(replay_helo);
     let connected = tokio::select! {
-        r = ctx.backend.connect(who, proto) => r,
+        r = pool.connect(who, proto) => r,
         () = grace_over(shutdown, ctx.timeouts.shutdown_grace) => {
             let _ = write(ctx, client, shutting_down().as_bytes()).await;
             return None;
@@ -609,18 +654,18 @@ where
             // The backend's verdict on this client (it knows who it is):
             // the client gets it as is, and the session ends.
             let _ = write(ctx, client, &reply.to_bytes()).await;
-            info!(%peer, tls = tls.as_str(), backend = %ctx.backend.name, server = %server, code = reply.code, outcome = "backend_refused_client", messages = 0u64, "session");
+            info!(%peer, tls = tls.as_str(), backend = %pool.name, server = %server, code = reply.code, outcome = "backend_refused_client", messages = 0u64, "session");
             return None;
         }
         Err(e) => {
-            warn!(%peer, backend = %ctx.backend.name, error = %e, "no backend server available");
+            warn!(%peer, backend = %pool.name, error = %e, "no backend server available");
             let _ = write(
                 ctx,
                 client,
                 reply::BACKEND_UNAVAILABLE.render(&ctx.hostname).as_bytes(),
             )
             .await;
-            info!(%peer, tls = tls.as_str(), outcome = "backend_unavailable", messages = 0u64, "session");
+            info!(%peer, tls = tls.as_str(), backend = %pool.name, outcome = "backend_unavailable", messages = 0u64, "session");
             return None;
         }
     };

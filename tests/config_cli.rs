@@ -422,3 +422,127 @@ fn check_warns_about_an_enforced_rule_for_every_client() {
     let out = run_bin(&["check", "--config", &path]);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("tls_policy \"all\""));
 }
+
+// === [[route]] ===
+
+const SECOND_BACKEND: &str = "\n[[backend]]\nname = \"t2\"\nsink = \"{dir}/t2\"\n";
+
+#[test]
+fn a_route_to_an_unknown_backend_is_named_with_file_and_line() {
+    let config = ProxyConfig::sink()
+        .append(SECOND_BACKEND)
+        .append("\n[[route]]\nsni = [\"mx.tenant2.test\"]\nbackend = \"t3\"\n");
+    let line = line_of(&config, "backend = \"t3\"");
+    let want = format!(
+        "{{path}}:{line}:11: route[0].backend: no [[backend]] named \"t3\" (known: \"b\", \"t2\")"
+    );
+    run_fails_with(config, &[&want]);
+}
+
+#[test]
+fn a_name_routed_twice_and_a_bad_name_are_named_with_file_and_line() {
+    let config = ProxyConfig::sink().append(SECOND_BACKEND).append(
+        "\n[[route]]\nsni = [\"mx.tenant2.test\"]\nbackend = \"t2\"\n\n[[route]]\nsni = [\"*.wild.test\", \"MX.tenant2.test.\"]\nbackend = \"b\"\n\n[[route]]\nsni = [\"a.*.test\"]\nbackend = \"b\"\n",
+    );
+    let twice = line_of(&config, "MX.tenant2.test.");
+    let bad = line_of(&config, "a.*.test");
+    run_fails_with(
+        config,
+        &[
+            &format!(
+                "{{path}}:{twice}:23: route[1].sni[1]: \"mx.tenant2.test\" is already routed by route[0].sni[0]"
+            ),
+            &format!("{{path}}:{bad}:8: route[2].sni[0]: \"a.*.test\": give a host name"),
+        ],
+    );
+}
+
+#[test]
+fn check_shows_routes_and_warns_about_a_routed_name_no_certificate_covers() {
+    let dir = tempdir();
+    let config = ProxyConfig::sink().append(SECOND_BACKEND).append(
+        "\n[[route]]\nsni = [\"mx.tenant2.test\", \"*.wild.test\", \"mx.nocert.test\"]\nbackend = \"t2\"\n",
+    );
+    let line = line_of(&config, "mx.nocert.test");
+    let path = write_config(&dir, &config.text);
+    let out = run_bin(&["check", "--config", &path]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "a warning, not an error: {stdout}");
+    assert!(
+        stdout.contains("route mx.tenant2.test, *.wild.test, mx.nocert.test -> backend \"t2\""),
+        "{stdout}"
+    );
+    let want = format!(
+        "warning: {path}:{line}:7: route[0].sni[2]: \"mx.nocert.test\" is routed to \"t2\" but no certificate covers it"
+    );
+    assert!(stdout.contains(&want), "{want}\n{stdout}");
+    assert!(
+        !stdout.contains("sni[0]") && !stdout.contains("sni[1]"),
+        "{stdout}"
+    );
+    let out = run_bin(&["check", "--json", "--config", &path]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["routes"],
+        serde_json::json!([{"sni": ["mx.tenant2.test", "*.wild.test", "mx.nocert.test"], "backend": "t2"}])
+    );
+}
+
+// === [[backend]] tls ===
+
+#[test]
+fn backend_tls_keys_without_tls_or_on_the_sink_are_named_with_file_and_line() {
+    let config = ProxyConfig::servers(&["127.0.0.1:10025".parse().unwrap()])
+        .append("\n[[backend]]\nname = \"t2\"\nservers = [\"127.0.0.1:10026\"]\ntls_name = \"backend.example.test\"\n")
+        .append("\n[[backend]]\nname = \"t3\"\nsink = \"{dir}/t3\"\ntls = \"starttls\"\n")
+        .append("\n[[backend]]\nname = \"t4\"\nservers = [\"127.0.0.1:10027\"]\ntls = \"implicit\"\ntls_verify = false\ntls_ca = \"{certs}/ca.pem\"\n");
+    let name = line_of(&config, "tls_name =");
+    let sink = line_of(&config, "tls = \"starttls\"");
+    let ca = line_of(&config, "tls_ca =");
+    run_fails_with(
+        config,
+        &[
+            &format!(
+                "{{path}}:{name}:12: backend[1].tls_name: only with tls = \"starttls\" or \"implicit\""
+            ),
+            &format!("{{path}}:{sink}:7: backend[2].tls: the built-in sink has no TLS"),
+            &format!("{{path}}:{ca}:10: backend[3].tls_ca: tls_verify = false verifies nothing"),
+        ],
+    );
+}
+
+#[test]
+fn an_unknown_backend_tls_mode_is_named_with_file_and_line() {
+    let config = ProxyConfig::servers(&["127.0.0.1:10025".parse().unwrap()])
+        .replace("servers = [", "tls = \"required\"\nservers = [");
+    let line = line_of(&config, "tls = \"required\"");
+    run_fails_with(
+        config,
+        &[&format!(
+            "{{path}}:{line}:7: backend[0].tls: unknown variant `required`"
+        )],
+    );
+}
+
+#[test]
+fn check_reads_the_backend_tls_ca_as_run_does() {
+    let config = ProxyConfig::servers(&["127.0.0.1:10025".parse().unwrap()]).replace(
+        "servers = [",
+        "tls = \"starttls\"\ntls_ca = \"{dir}/missing-ca.pem\"\nservers = [",
+    );
+    run_fails_with(config, &["backend \"b\": tls_ca ", "missing-ca.pem"]);
+    // tls_verify = false: a warning, not an error.
+    let dir = tempdir();
+    let config = ProxyConfig::servers(&["127.0.0.1:10025".parse().unwrap()]).replace(
+        "servers = [",
+        "tls = \"implicit\"\ntls_verify = false\nservers = [",
+    );
+    let path = write_config(&dir, &config.text);
+    let out = run_bin(&["check", "--config", &path]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("warning: backend \"b\": tls_verify = false"),
+        "{stdout}"
+    );
+}

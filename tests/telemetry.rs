@@ -55,7 +55,7 @@ fn metrics_count_connections_handshakes_sessions_and_messages() {
         "{body}"
     );
     assert_eq!(
-        get("starttls_proxy_sessions_total{tls=\"starttls\"}"),
+        get("starttls_proxy_sessions_total{tls=\"starttls\",backend=\"b\"}"),
         Some(1.0)
     );
     let handshake = proxy.wait_log("tls handshake", 1);
@@ -74,7 +74,10 @@ fn metrics_count_connections_handshakes_sessions_and_messages() {
         Some(1.0),
         "{body}"
     );
-    assert_eq!(get("starttls_proxy_messages_relayed_total"), Some(1.0));
+    assert_eq!(
+        get("starttls_proxy_messages_relayed_total{backend=\"b\"}"),
+        Some(1.0)
+    );
     let up = get("starttls_proxy_bytes_relayed_total{direction=\"client_to_backend\"}").unwrap();
     let down = get("starttls_proxy_bytes_relayed_total{direction=\"backend_to_client\"}").unwrap();
     let session = proxy.wait_log("session", 1);

@@ -160,9 +160,86 @@ pub fn safe_extensions(lines: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// The pre-TLS EHLO extensions when a session may reach any of several
+/// pools (routes are chosen only after the handshake): what every pool
+/// takes, `SIZE` the smallest limit. A pool not probed yet counts as
+/// offering the built-in set ([`crate::smtp::ehlo::PRE_TLS_EXTENSIONS`]);
+/// `None` when no pool has been probed (the built-in set then).
+pub fn common_extensions(views: &[Option<Arc<Vec<String>>>]) -> Option<Arc<Vec<String>>> {
+    if views.len() == 1 {
+        return views[0].clone();
+    }
+    if views.iter().all(Option::is_none) {
+        return None;
+    }
+    let builtin: Vec<String> = crate::smtp::ehlo::PRE_TLS_EXTENSIONS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let lists: Vec<&[String]> = views
+        .iter()
+        .map(|v| v.as_deref().map_or(builtin.as_slice(), Vec::as_slice))
+        .collect();
+    let keyword = |l: &str| l.split([' ', '=']).next().unwrap_or_default().to_string();
+    let mut out = Vec::new();
+    for ext in lists[0] {
+        let k = keyword(ext);
+        let all: Option<Vec<&String>> = lists
+            .iter()
+            .map(|l| l.iter().find(|e| keyword(e) == k))
+            .collect();
+        let Some(all) = all else { continue };
+        if k == "SIZE" {
+            out.push(smallest_size(&all));
+        } else {
+            out.push(ext.clone());
+        }
+    }
+    Some(Arc::new(out))
+}
+
+/// `SIZE n` with the smallest limit; `SIZE` alone or `SIZE 0` is no limit.
+fn smallest_size(sizes: &[&String]) -> String {
+    let limit = sizes
+        .iter()
+        .filter_map(|s| s.split_once(' ')?.1.trim().parse::<u64>().ok())
+        .filter(|n| *n > 0)
+        .min();
+    limit.map_or_else(|| "SIZE".to_string(), |n| format!("SIZE {n}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn view(e: &[&str]) -> Option<Arc<Vec<String>>> {
+        Some(Arc::new(e.iter().map(|s| s.to_string()).collect()))
+    }
+
+    #[test]
+    fn common_extensions_intersect_and_take_the_smallest_size() {
+        let a = view(&["PIPELINING", "SIZE 10240000", "CHUNKING", "DSN"]);
+        let b = view(&["PIPELINING", "DSN", "SIZE 5000", "SMTPUTF8"]);
+        assert_eq!(
+            common_extensions(&[a.clone(), b.clone()])
+                .unwrap()
+                .as_slice(),
+            ["PIPELINING", "SIZE 5000", "DSN"]
+        );
+        // No limit on one side: the other's limit.
+        let c = view(&["SIZE", "PIPELINING"]);
+        assert_eq!(
+            common_extensions(&[c, a.clone()]).unwrap().as_slice(),
+            ["SIZE 10240000", "PIPELINING"]
+        );
+        // Not probed yet: the built-in set stands in for it.
+        assert_eq!(
+            common_extensions(&[a.clone(), None]).unwrap().as_slice(),
+            ["PIPELINING"]
+        );
+        assert_eq!(common_extensions(&[None, None]), None);
+        assert_eq!(common_extensions(std::slice::from_ref(&a)), a);
+    }
 
     fn a(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -176,6 +253,7 @@ mod tests {
             "SIZE 10240000",
             "VRFY",
             "ETRN",
+            "REQUIRETLS",
             "STARTTLS",
             "AUTH PLAIN LOGIN",
             "AUTH=PLAIN",

@@ -14,7 +14,9 @@
 
 pub mod health;
 pub mod identity;
+pub mod route;
 pub mod sink;
+pub mod tls;
 pub mod xclient;
 
 use std::net::SocketAddr;
@@ -23,9 +25,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use crate::config::{BackendConfig, BackendTarget, Identity};
+use crate::config::{BackendConfig, BackendTarget, BackendTlsMode, Identity};
 use crate::smtp::reply::{BackendReply, ReplyParser};
 use crate::telemetry::metrics;
 pub use health::{Health, ServerState};
@@ -42,6 +44,8 @@ pub struct BackendConn {
     pub server: String,
     /// Holds any bytes the backend sent after its greeting.
     pub parser: ReplyParser,
+    /// The TLS of the hop (`[[backend]] tls`), `None` for plaintext.
+    pub tls: Option<tls::TlsHop>,
 }
 
 impl std::fmt::Debug for BackendConn {
@@ -92,6 +96,24 @@ pub enum BackendError {
     XclientNotOffered { server: String },
     #[error("{server}: XCLIENT refused: {text}")]
     XclientRefused { server: String, text: String },
+    #[error("{server}: TLS handshake: {source}")]
+    Tls {
+        server: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{server}: no TLS handshake within {timeout:?}")]
+    TlsTimeout { server: String, timeout: Duration },
+    #[error(
+        "{server}: does not offer STARTTLS (the pool has tls = \"starttls\"; never relayed in plaintext)"
+    )]
+    StartTlsNotOffered { server: String },
+    #[error("{server}: STARTTLS refused: {text}")]
+    StartTlsRefused { server: String, text: String },
+    #[error(
+        "{server}: sent bytes after its 220 to STARTTLS (refused: they would be read as if inside TLS)"
+    )]
+    StartTlsInjection { server: String },
     #[error("backend {backend:?} has no server")]
     NoServers { backend: String },
     /// The backend, knowing who the client is, refused it with a 5xx: its
@@ -125,10 +147,38 @@ impl BackendError {
             Self::Write { source, .. } => format!("write: {}", source.kind()),
             Self::XclientNotOffered { .. } => "does not offer XCLIENT to the proxy".into(),
             Self::XclientRefused { .. } => "XCLIENT refused".into(),
+            Self::Tls { source, .. } => match source.get_ref() {
+                Some(inner) => format!("TLS handshake: {}", tls_error_kind(inner)),
+                None => format!("TLS handshake: {}", source.kind()),
+            },
+            Self::TlsTimeout { timeout, .. } => format!("no TLS handshake within {timeout:?}"),
+            Self::StartTlsNotOffered { .. } => "does not offer STARTTLS".into(),
+            Self::StartTlsRefused { .. } => "STARTTLS refused".into(),
+            Self::StartTlsInjection { .. } => "bytes after the STARTTLS 220".into(),
             Self::NoServers { .. } => "no server".into(),
             Self::ClientRefused { .. } => "refused the client".into(),
             Self::ProxyHeaderRejected { .. } => "probably does not accept the PROXY header".into(),
         }
+    }
+}
+
+/// A rustls error as fixed words (the status page shows no peer text).
+fn tls_error_kind(e: &(dyn std::error::Error + Send + Sync + 'static)) -> &'static str {
+    match e.downcast_ref::<rustls::Error>() {
+        Some(rustls::Error::InvalidCertificate(c)) => match c {
+            rustls::CertificateError::UnknownIssuer => "certificate from an unknown CA",
+            rustls::CertificateError::NotValidForName
+            | rustls::CertificateError::NotValidForNameContext { .. } => {
+                "certificate not valid for the name"
+            }
+            rustls::CertificateError::Expired | rustls::CertificateError::ExpiredContext { .. } => {
+                "certificate expired"
+            }
+            _ => "invalid certificate",
+        },
+        Some(rustls::Error::AlertReceived(_)) => "alert received",
+        Some(_) => "protocol error",
+        None => "I/O error",
     }
 }
 
@@ -153,6 +203,8 @@ pub struct Backend {
     health_interval: Duration,
     /// For `identity = "xclient"`: the client's forward-confirmed name.
     dns: Option<xclient::Dns>,
+    /// `tls = "starttls" | "implicit"`: the pool's client config.
+    tls: Option<tls::BackendTls>,
 }
 
 impl Backend {
@@ -184,6 +236,7 @@ impl Backend {
             health,
             health_interval: config.health_interval,
             dns,
+            tls: config.tls.as_ref().map(tls::BackendTls::new).transpose()?,
         })
     }
 
@@ -201,6 +254,11 @@ impl Backend {
 
     pub fn identity(&self) -> Identity {
         self.identity
+    }
+
+    /// The pool's TLS to its servers, if any.
+    pub fn tls(&self) -> Option<&tls::BackendTls> {
+        self.tls.as_ref()
     }
 
     fn sends_proxy_header(&self) -> bool {
@@ -358,6 +416,8 @@ impl Backend {
         result
     }
 
+    /// The steps in wire order: TCP and the PROXY header, implicit TLS,
+    /// the greeting, STARTTLS, XCLIENT (DESIGN.md §10).
     async fn try_connect_one(
         &self,
         addr: SocketAddr,
@@ -365,25 +425,21 @@ impl Backend {
         timeout: Duration,
     ) -> Result<BackendConn, BackendError> {
         let server = addr.to_string();
-        let (mut io, header_sent) = self.open(addr, header, timeout).await?;
+        let (io, header_sent) = self.open(addr, header, timeout).await?;
         let mut parser = ReplyParser::default();
-        let greeting = tokio::time::timeout(timeout, read_reply(&mut io, &mut parser, &server))
-            .await
-            .map_err(|_| BackendError::GreetingTimeout {
-                server: server.clone(),
-                timeout,
-            })?;
-        let greeting = match greeting {
-            Err(BackendError::GreetingEof { server }) if header_sent => {
-                return Err(BackendError::ProxyHeaderRejected {
-                    server,
-                    detail: "closed right after the PROXY header".to_string(),
-                });
-            }
-            other => other?,
-        };
-        if greeting.code != 220 {
-            return Err(self.greeting_refused(server, greeting, header));
+        let phase = BackendTlsMode::Implicit;
+        let (mut io, implicit) = self
+            .tls_phase(phase, io, &mut parser, addr, timeout)
+            .await?;
+        self.greeting(&mut io, &mut parser, &server, header, header_sent, timeout)
+            .await?;
+        let phase = BackendTlsMode::Starttls;
+        let (mut io, starttls) = self
+            .tls_phase(phase, io, &mut parser, addr, timeout)
+            .await?;
+        let hop = implicit.or(starttls);
+        if let Some(h) = hop {
+            debug!(backend = %self.name, server = %server, version = h.version, resumed = h.resumed, probe = matches!(header, Header::Probe), "backend tls handshake");
         }
         if let (Identity::Xclient, Header::Client(client, name, proto)) = (self.identity, header) {
             let facts = xclient::XclientFacts {
@@ -403,7 +459,68 @@ impl Backend {
                 timeout,
             })??;
         }
-        Ok(BackendConn { io, server, parser })
+        Ok(BackendConn {
+            io,
+            server,
+            parser,
+            tls: hop,
+        })
+    }
+
+    /// Reads the greeting; anything but 220 fails (after a PROXY header,
+    /// a close is that header refused).
+    async fn greeting(
+        &self,
+        io: &mut Box<dyn BackendIo>,
+        parser: &mut ReplyParser,
+        server: &str,
+        header: Header<'_>,
+        header_sent: bool,
+        timeout: Duration,
+    ) -> Result<(), BackendError> {
+        let greeting = tokio::time::timeout(timeout, read_reply(io, parser, server))
+            .await
+            .map_err(|_| BackendError::GreetingTimeout {
+                server: server.to_string(),
+                timeout,
+            })?;
+        let greeting = match greeting {
+            Err(BackendError::GreetingEof { server }) if header_sent => {
+                return Err(BackendError::ProxyHeaderRejected {
+                    server,
+                    detail: "closed right after the PROXY header".to_string(),
+                });
+            }
+            other => other?,
+        };
+        if greeting.code != 220 {
+            return Err(self.greeting_refused(server.to_string(), greeting, header));
+        }
+        Ok(())
+    }
+
+    /// TLS at this point of the exchange, if the pool's `tls` says so:
+    /// `Implicit` right after connecting, `Starttls` after the greeting
+    /// (EHLO, STARTTLS, its 220, then the handshake).
+    async fn tls_phase(
+        &self,
+        phase: BackendTlsMode,
+        mut io: Box<dyn BackendIo>,
+        parser: &mut ReplyParser,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<(Box<dyn BackendIo>, Option<tls::TlsHop>), BackendError> {
+        let Some(tls) = self.tls.as_ref().filter(|t| t.mode == phase) else {
+            return Ok((io, None));
+        };
+        if phase == BackendTlsMode::Starttls {
+            let server = addr.to_string();
+            tokio::time::timeout(timeout, self.start_tls(&mut io, parser, &server))
+                .await
+                .map_err(|_| BackendError::EhloTimeout { server, timeout })??;
+        }
+        let (io, hop) = tls.handshake(io, addr, timeout).await?;
+        Ok((io, Some(hop)))
     }
 
     /// Connects, and writes the PROXY header if the pool sends one
@@ -470,6 +587,50 @@ impl Backend {
                 text: greeting.first_line_text(),
             }
         }
+    }
+
+    /// `tls = "starttls"`: EHLO, STARTTLS, its 220; the handshake follows.
+    /// A server that does not offer STARTTLS, or refuses it, fails: the
+    /// hop is never plaintext once the pool has `tls` set.
+    async fn start_tls(
+        &self,
+        io: &mut Box<dyn BackendIo>,
+        parser: &mut ReplyParser,
+        server: &str,
+    ) -> Result<(), BackendError> {
+        let write_err = |source| BackendError::Write {
+            server: server.to_string(),
+            source,
+        };
+        io.write_all(format!("EHLO {}\r\n", self.hostname).as_bytes())
+            .await
+            .map_err(write_err)?;
+        let ehlo = read_reply(io, parser, server).await?;
+        if ehlo.code != 250 {
+            return Err(BackendError::EhloRefused {
+                server: server.to_string(),
+                text: ehlo.first_line_text(),
+            });
+        }
+        if !crate::smtp::ehlo::offers(&ehlo, b"STARTTLS") {
+            return Err(BackendError::StartTlsNotOffered {
+                server: server.to_string(),
+            });
+        }
+        io.write_all(b"STARTTLS\r\n").await.map_err(write_err)?;
+        let reply = read_reply(io, parser, server).await?;
+        if reply.code != 220 {
+            return Err(BackendError::StartTlsRefused {
+                server: server.to_string(),
+                text: reply.first_line_text(),
+            });
+        }
+        if parser.buffered() > 0 {
+            return Err(BackendError::StartTlsInjection {
+                server: server.to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// EHLO, then XCLIENT with what the backend announced; its new 220

@@ -79,6 +79,7 @@ impl Sink {
             io: Box::new(proxy_side),
             server: "sink".to_string(),
             parser: ReplyParser::default(),
+            tls: None,
         }
     }
 

@@ -82,6 +82,7 @@ fn report(path: &Path) -> Value {
         "sni": [],
         "no_sni": null,
         "tls_policy": [],
+        "routes": [],
     })
 }
 
@@ -113,6 +114,32 @@ fn build(path: &Path) -> (Value, Option<(Config, CertStore)>) {
     for rule in &config.tls_policy {
         if let Some(w) = policy_warning(rule) {
             push(&mut r, "warnings", json!(w));
+        }
+    }
+    // TLS to the backends, built as `run` builds it (tls_ca read, tls_name
+    // parsed); tls_verify = false is worth a warning.
+    for b in &config.backends {
+        let Some(t) = &b.tls else { continue };
+        if let Err(e) = crate::backend::tls::BackendTls::new(t) {
+            push(
+                &mut r,
+                "errors",
+                json!(format!(
+                    "{}: backend {:?}: {e}",
+                    config.path.display(),
+                    b.name
+                )),
+            );
+        }
+        if !t.verify {
+            push(
+                &mut r,
+                "warnings",
+                json!(format!(
+                    "backend {:?}: tls_verify = false: the backend's certificate is not verified",
+                    b.name
+                )),
+            );
         }
     }
     let anchors = match CertStore::load_anchors(&config) {
@@ -212,6 +239,7 @@ fn build(path: &Path) -> (Value, Option<(Config, CertStore)>) {
         );
     }
     r["no_sni"] = served(None);
+    check_routes(&mut r, &config, &store);
 
     // A sender without SNI that checks the MX name: both kinds of client.
     let mut uncovered: Vec<String> = Vec::new();
@@ -232,6 +260,56 @@ fn build(path: &Path) -> (Value, Option<(Config, CertStore)>) {
         );
     }
     (r, Some((config, store)))
+}
+
+/// `[[route]]`s: what each sends where, and the warnings of
+/// [`route_warnings`].
+fn check_routes(r: &mut Value, config: &Config, store: &CertStore) {
+    for route in &config.routes {
+        let backend = config
+            .backends
+            .get(route.backend)
+            .map_or("", |b| b.name.as_str());
+        push(r, "routes", json!({ "sni": route.sni, "backend": backend }));
+    }
+    for w in route_warnings(config, store) {
+        push(r, "warnings", json!(w));
+    }
+}
+
+/// A routed name no certificate covers (file, line, key): its senders
+/// would get the default certificate, which names another host. A
+/// wildcard route needs the same wildcard on a certificate. `run` logs
+/// these at start, `check` reports them.
+pub fn route_warnings(config: &Config, store: &CertStore) -> Vec<String> {
+    let mut out = Vec::new();
+    for route in &config.routes {
+        let backend = config
+            .backends
+            .get(route.backend)
+            .map_or("", |b| b.name.as_str());
+        for (j, name) in route.sni.iter().enumerate() {
+            let covered = store
+                .certificates()
+                .iter()
+                .any(|c| match name.strip_prefix("*.") {
+                    Some(_) => c.names.iter().any(|n| n == name),
+                    None => covers(&c.names, name),
+                });
+            if !covered {
+                let w = crate::config::ConfigError::new(
+                    &config.path,
+                    route.sni_at,
+                    format!("{}.sni[{j}]", route.key_path),
+                    format!(
+                        "{name:?} is routed to {backend:?} but no certificate covers it (its senders get the default certificate)"
+                    ),
+                );
+                out.push(w.to_string());
+            }
+        }
+    }
+    out
 }
 
 /// One `[[tls_policy]]` rule: what it matches, where it is asked, and
@@ -394,6 +472,20 @@ fn print_text(out: &mut impl Write, r: &Value, own: Option<&OwnReport>) {
             format!("{e:?} (ECDSA clients), {r:?} (RSA-only clients)")
         }
     };
+    for route in r["routes"].as_array().into_iter().flatten() {
+        let names: Vec<String> = route["sni"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(s)
+            .collect();
+        let _ = writeln!(
+            out,
+            "route {} -> backend {:?}",
+            names.join(", "),
+            s(&route["backend"])
+        );
+    }
     for n in r["sni"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,

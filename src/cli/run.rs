@@ -20,6 +20,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{error, info, warn};
 
 use crate::backend::Backend;
+use crate::backend::route::{Routes, SharedRoutes};
 use crate::backend::xclient::Dns;
 use crate::config::Config;
 use crate::listener::{self, ConnectionTable};
@@ -73,6 +74,9 @@ async fn run(config: Config) -> Result<(), Exit> {
     // reads it (no task) until the reloader starts.
     let hangups = install_hangup_handler();
     let (anchors, tls) = load_tls(&config)?;
+    for w in crate::cli::check::route_warnings(&config, &tls.store()) {
+        warn!("{w}");
+    }
     let backends = prepare_backends(&config)?;
     let metrics = match config.metrics {
         Some(_) => Some(install_metrics()?),
@@ -88,6 +92,8 @@ async fn run(config: Config) -> Result<(), Exit> {
     // After the recorder: the rules' counters are registered with it.
     let policy = crate::policy::shared(&config.tls_policy);
     log_policy(&config);
+    let routes = Routes::shared(&config.routes);
+    log_routes(&config);
 
     let config = Arc::new(config);
     let readiness = Arc::new(Readiness::default());
@@ -105,9 +111,20 @@ async fn run(config: Config) -> Result<(), Exit> {
     let reloader =
         Reloader::new(config.clone(), tls.clone(), anchors, channel).on_config(Box::new({
             let policy = policy.clone();
+            let routes = routes.clone();
+            let running: Vec<String> = backends.iter().map(|b| b.name.clone()).collect();
             move |c: &Config| {
                 policy.store(Arc::new(Policy::new(&c.tls_policy)));
                 log_policy(c);
+                match Routes::for_running(c, &running) {
+                    Ok(r) => {
+                        routes.store(Arc::new(r));
+                        log_routes(c);
+                    }
+                    Err(e) => {
+                        error!(error = %e, "routes not reloaded: the previous routes stay in force");
+                    }
+                }
             }
         }));
     background.spawn_reporting_panic(
@@ -126,6 +143,7 @@ async fn run(config: Config) -> Result<(), Exit> {
         &tls,
         &readiness,
         &policy,
+        &routes,
     )
     .await;
     background.stop().await;
@@ -141,7 +159,9 @@ async fn serve(
     tls: &TlsTerminator,
     readiness: &Readiness,
     policy: &SharedPolicy,
+    routes: &SharedRoutes,
 ) {
+    let all: Arc<[Arc<Backend>]> = backends.iter().cloned().collect();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let table = Arc::new(ConnectionTable::new(config.limits.max_connections));
     let mut tasks = Vec::new();
@@ -166,6 +186,8 @@ async fn serve(
             mode: l.mode,
             tls_policy: l.tls,
             backend: backends[l.backend].clone(),
+            backends: all.clone(),
+            routes: routes.clone(),
             tls: tls.clone(),
             limits: config.limits,
             timeouts: config.timeouts,
@@ -226,6 +248,18 @@ fn log_policy(config: &Config) {
     info!(rules = config.tls_policy.len(), "tls policy loaded");
 }
 
+/// One line per route in force (at start and after SIGHUP).
+fn log_routes(config: &Config) {
+    for r in &config.routes {
+        let backend = config
+            .backends
+            .get(r.backend)
+            .map_or("", |b| b.name.as_str());
+        info!(route = %r.key_path, sni = %r.sni.join(","), backend, "route");
+    }
+    info!(routes = config.routes.len(), "routes loaded");
+}
+
 /// Trust anchors, every certificate, and the TLS configuration built on them.
 fn load_tls(config: &Config) -> Result<(TrustAnchors, TlsTerminator), Exit> {
     let loaded = CertStore::load_anchors(config).and_then(|anchors| {
@@ -284,6 +318,13 @@ fn prepare_backends(config: &Config) -> Result<Vec<Arc<Backend>>, Exit> {
     };
     let mut backends = Vec::new();
     for b in &config.backends {
+        if let Some(t) = &b.tls {
+            if t.verify {
+                info!(backend = %b.name, tls = t.mode.as_str(), ca = %t.ca.as_ref().map_or("system roots".to_string(), |p| p.display().to_string()), name = t.name.as_deref().unwrap_or("the server's address"), "backend tls");
+            } else {
+                warn!(backend = %b.name, tls = t.mode.as_str(), "backend tls: tls_verify = false: the backend's certificate is NOT verified (anyone on the path can impersonate it)");
+            }
+        }
         let dns = xclient(b).then(|| dns.clone()).flatten();
         match Backend::new(b, &config.hostname, config.timeouts.backend_connect, dns) {
             Ok(b) => backends.push(Arc::new(b)),

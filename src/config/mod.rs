@@ -8,6 +8,7 @@
 
 pub mod error;
 pub mod raw;
+pub mod routes;
 pub mod tls_policy;
 
 use std::collections::HashMap;
@@ -17,9 +18,10 @@ use std::time::Duration;
 
 pub use error::{ConfigError, ConfigErrors, Location};
 pub use raw::{
-    BareNewline, ChainCheck, Identity, ListenerMode, LogFormat, LogLevel, MinVersion, PolicyMode,
-    RefusalReply, Require, TlsPolicy,
+    BackendTlsMode, BareNewline, ChainCheck, Identity, ListenerMode, LogFormat, LogLevel,
+    MinVersion, PolicyMode, RefusalReply, Require, TlsPolicy,
 };
+pub use routes::RouteConfig;
 pub use tls_policy::{DomainPattern, TlsRule};
 
 use raw::RawConfig;
@@ -47,6 +49,8 @@ pub struct Config {
     pub reload: ReloadConfig,
     /// `[[tls_policy]]` rules, in file order (reloaded by SIGHUP).
     pub tls_policy: Vec<TlsRule>,
+    /// `[[route]]` entries, in file order (reloaded by SIGHUP).
+    pub routes: Vec<RouteConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +100,20 @@ pub struct BackendConfig {
     pub health_interval: Duration,
     /// The sink fsyncs every message before answering 250.
     pub sink_fsync: bool,
+    /// TLS to the backend's servers; `None`: plaintext (`tls = "none"`).
+    pub tls: Option<BackendTlsConfig>,
+}
+
+/// `[[backend]] tls = "starttls" | "implicit"` and its keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendTlsConfig {
+    pub mode: BackendTlsMode,
+    /// Trust only this CA file; `None`: the system roots.
+    pub ca: Option<PathBuf>,
+    /// The name to verify; `None`: each server's IP address.
+    pub name: Option<String>,
+    /// `false`: accept any certificate (warned at start).
+    pub verify: bool,
 }
 
 /// Every server is probed this often unless `health_interval` says otherwise.
@@ -253,6 +271,7 @@ impl Checker<'_> {
         let certificates = self.certificates(&raw);
         let tls = self.tls(&raw, &certificates);
         let tls_policy = self.tls_policy(&raw);
+        let routes = self.routes(&raw, &backend_index);
 
         let limits = Limits {
             max_connections: self.positive(&raw.limits.max_connections, "limits.max_connections"),
@@ -317,6 +336,7 @@ impl Checker<'_> {
             timeouts,
             reload,
             tls_policy,
+            routes,
         })
     }
 
@@ -413,9 +433,64 @@ impl Checker<'_> {
                 received_header: b.received_header.as_ref().is_some_and(|r| *r.get_ref()),
                 health_interval,
                 sink_fsync: self.sink_fsync(b, &key),
+                tls: self.backend_tls(b, &key),
             });
         }
         out
+    }
+
+    /// `tls` and its keys: only for `servers`; `tls_ca`, `tls_name` and
+    /// `tls_verify` only with `tls` set; no CA for a pool that verifies
+    /// nothing.
+    fn backend_tls(&mut self, b: &raw::RawBackend, key: &str) -> Option<BackendTlsConfig> {
+        let mode = b
+            .tls
+            .as_ref()
+            .map_or(BackendTlsMode::None, |t| *t.get_ref());
+        if mode == BackendTlsMode::None {
+            let extra = [
+                b.tls_ca.as_ref().map(|s| (s.span(), "tls_ca")),
+                b.tls_name.as_ref().map(|s| (s.span(), "tls_name")),
+                b.tls_verify.as_ref().map(|s| (s.span(), "tls_verify")),
+            ];
+            for (span, k) in extra.into_iter().flatten() {
+                let at = Spanned::new(span, ());
+                self.error(
+                    &at,
+                    format!("{key}.{k}"),
+                    "only with tls = \"starttls\" or \"implicit\"",
+                );
+            }
+            return None;
+        }
+        if let (Some(t), Some(_)) = (&b.tls, &b.sink) {
+            self.error(t, format!("{key}.tls"), "the built-in sink has no TLS");
+        }
+        let verify = b.tls_verify.as_ref().is_none_or(|v| *v.get_ref());
+        if let (false, Some(ca)) = (verify, &b.tls_ca) {
+            self.error(
+                ca,
+                format!("{key}.tls_ca"),
+                "tls_verify = false verifies nothing: give tls_ca or tls_verify = false, not both",
+            );
+        }
+        let name = b.tls_name.as_ref().map(|n| {
+            let text = n.get_ref().trim().to_ascii_lowercase();
+            if !is_dns_name(&text) && text.parse::<std::net::IpAddr>().is_err() {
+                self.error(
+                    n,
+                    format!("{key}.tls_name"),
+                    format!("{:?} is not a host name or IP address", n.get_ref()),
+                );
+            }
+            text
+        });
+        Some(BackendTlsConfig {
+            mode,
+            ca: b.tls_ca.as_ref().map(|p| p.get_ref().clone()),
+            name,
+            verify,
+        })
     }
 
     /// `sink_fsync`: only with `sink`; true unless turned off.

@@ -38,6 +38,18 @@ pub struct RawConfig {
     /// Staged TLS enforcement (DESIGN.md §9), in file order.
     #[serde(default)]
     pub tls_policy: Vec<Spanned<RawTlsRule>>,
+    /// SNI -> backend after the handshake (DESIGN.md §10), in file order.
+    #[serde(default)]
+    pub route: Vec<Spanned<RawRoute>>,
+}
+
+/// One `[[route]]` as written: the names (exact or `*.parent`) and the
+/// backend their sessions go to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub sni: Spanned<Vec<Spanned<String>>>,
+    pub backend: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -266,6 +278,36 @@ pub struct RawBackend {
     pub sink_fsync: Option<Spanned<bool>>,
     /// How often each server is probed (connect, EHLO, QUIT).
     pub health_interval: Option<Spanned<HumanDuration>>,
+    /// TLS to the backend (DESIGN.md §10).
+    pub tls: Option<Spanned<BackendTlsMode>>,
+    /// Verify the backend against this CA file (default: system roots).
+    pub tls_ca: Option<Spanned<PathBuf>>,
+    /// The name to verify (default: the server's host, an IP address).
+    pub tls_name: Option<Spanned<String>>,
+    /// `false`: no verification at all (warned at start).
+    pub tls_verify: Option<Spanned<bool>>,
+}
+
+/// `[[backend]] tls`: how the hop to the backend is encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendTlsMode {
+    #[default]
+    None,
+    /// Plaintext greeting, then STARTTLS (after the PROXY header).
+    Starttls,
+    /// TLS from the first byte after the PROXY header.
+    Implicit,
+}
+
+impl BackendTlsMode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Starttls => "starttls",
+            Self::Implicit => "implicit",
+        }
+    }
 }
 
 /// How the client's identity reaches the backend.

@@ -44,14 +44,20 @@ pub fn multiline(code: u16, texts: &[String]) -> String {
 const REMOVED_IN_TLS: &[&[u8]] = &[b"STARTTLS", b"XCLIENT", b"XFORWARD"];
 const REMOVED_IN_PLAINTEXT: &[&[u8]] = &[b"STARTTLS", b"AUTH", b"XCLIENT", b"XFORWARD"];
 
+/// REQUIRETLS (RFC 8689) promises TLS on every hop: passed on only when
+/// both the client's connection and the hop to the backend are TLS.
+const REQUIRETLS: &[u8] = b"REQUIRETLS";
+
 /// The backend's EHLO reply without the removed extensions, continuation
-/// markers renumbered. Non-2xx replies pass unchanged.
-pub fn filter_backend_reply(reply: &BackendReply, client_in_tls: bool) -> Vec<u8> {
+/// markers renumbered. Non-2xx replies pass unchanged. `hop_tls`: the
+/// proxy's connection to the backend is TLS (`[[backend]] tls`).
+pub fn filter_backend_reply(reply: &BackendReply, client_in_tls: bool, hop_tls: bool) -> Vec<u8> {
     let removed = if client_in_tls {
         REMOVED_IN_TLS
     } else {
         REMOVED_IN_PLAINTEXT
     };
+    let requiretls_kept = client_in_tls && hop_tls;
     if reply.code != 250 {
         return reply.to_bytes();
     }
@@ -59,7 +65,10 @@ pub fn filter_backend_reply(reply: &BackendReply, client_in_tls: bool) -> Vec<u8
         .lines
         .iter()
         .enumerate()
-        .filter(|(i, l)| *i == 0 || !is_removed(l, removed))
+        .filter(|(i, l)| {
+            *i == 0
+                || !(is_removed(l, removed) || (!requiretls_kept && is_removed(l, &[REQUIRETLS])))
+        })
         .map(|(_, l)| l)
         .collect();
     let mut out = Vec::with_capacity(reply.lines.iter().map(Vec::len).sum());
@@ -127,12 +136,12 @@ mod tests {
     fn starttls_removed_markers_fixed() {
         let r = reply("250-backend.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250 STARTTLS\r\n");
         assert_eq!(
-            String::from_utf8(filter_backend_reply(&r, true)).unwrap(),
+            String::from_utf8(filter_backend_reply(&r, true, false)).unwrap(),
             "250-backend.test\r\n250-PIPELINING\r\n250 SIZE 1000\r\n"
         );
         let r = reply("250-backend.test\r\n250-starttls\r\n250 8BITMIME\r\n");
         assert_eq!(
-            String::from_utf8(filter_backend_reply(&r, true)).unwrap(),
+            String::from_utf8(filter_backend_reply(&r, true, false)).unwrap(),
             "250-backend.test\r\n250 8BITMIME\r\n"
         );
     }
@@ -141,19 +150,32 @@ mod tests {
     fn auth_removed_in_plaintext_only() {
         let r = reply("250-b.test\r\n250-AUTH PLAIN LOGIN\r\n250-AUTH=PLAIN\r\n250 STARTTLS\r\n");
         assert_eq!(
-            String::from_utf8(filter_backend_reply(&r, false)).unwrap(),
+            String::from_utf8(filter_backend_reply(&r, false, false)).unwrap(),
             "250 b.test\r\n"
         );
         assert_eq!(
-            String::from_utf8(filter_backend_reply(&r, true)).unwrap(),
+            String::from_utf8(filter_backend_reply(&r, true, false)).unwrap(),
             "250-b.test\r\n250-AUTH PLAIN LOGIN\r\n250 AUTH=PLAIN\r\n"
         );
     }
 
     #[test]
+    fn requiretls_only_when_client_and_hop_are_tls() {
+        let r = reply("250-b.test\r\n250-REQUIRETLS\r\n250 8BITMIME\r\n");
+        assert_eq!(filter_backend_reply(&r, true, true), r.to_bytes());
+        for (client, hop) in [(true, false), (false, true), (false, false)] {
+            assert_eq!(
+                String::from_utf8(filter_backend_reply(&r, client, hop)).unwrap(),
+                "250-b.test\r\n250 8BITMIME\r\n",
+                "client {client} hop {hop}"
+            );
+        }
+    }
+
+    #[test]
     fn similar_names_are_kept() {
         let r = reply("250-b.test\r\n250-STARTTLSX\r\n250 AUTH PLAIN\r\n");
-        assert_eq!(filter_backend_reply(&r, true), r.to_bytes());
+        assert_eq!(filter_backend_reply(&r, true, false), r.to_bytes());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! The same calls feed the status page's model ([`super::status`]), so
 //! `/status` and `/metrics` count the same events.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
@@ -254,8 +255,10 @@ impl Drop for ActiveConnection {
 }
 
 /// `tls`: "starttls", "implicit" or "none".
-pub fn session(tls: &'static str) {
-    counter!(SESSIONS, "tls" => tls).increment(1);
+/// A session that reached the relay; `backend`: the route taken (a
+/// configured backend name).
+pub fn session(tls: &'static str, backend: &Arc<str>) {
+    counter!(SESSIONS, "tls" => tls, "backend" => backend.to_string()).increment(1);
     to_status(|s| s.session(tls));
 }
 
@@ -308,8 +311,9 @@ pub fn backend_connect_failed(backend: &str, server: &str) {
     to_status(|s| s.backend_connect_failed(backend, server));
 }
 
-pub fn message_relayed() {
-    counter!(MESSAGES_RELAYED).increment(1);
+/// A message the backend accepted; `backend`: the route taken.
+pub fn message_relayed(backend: &Arc<str>) {
+    counter!(MESSAGES_RELAYED, "backend" => backend.to_string()).increment(1);
     to_status(Status::message_relayed);
 }
 

@@ -1,0 +1,358 @@
+//! TLS to the backend (`[[backend]] tls`, DESIGN.md §10) against a real
+//! Postfix with its own certificate from the test PKI: Postfix logs the
+//! TLS of the hop and writes `with ESMTPS`, the second session resumes,
+//! and a certificate that does not verify is a backend failure (421),
+//! never a plaintext relay.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use support::pki;
+use support::*;
+
+const PF_STARTTLS: u16 = 14510;
+const PF_IMPLICIT: u16 = 14511;
+const PF_BAD_NAME: u16 = 14512;
+const PF_BAD_CA: u16 = 14513;
+const PF_PROXY: u16 = 14514;
+const PF_XCLIENT: u16 = 14515;
+
+/// A leaf for backend.example.test from the demo intermediate, written to
+/// `dir`: (chain, key).
+fn backend_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let leaf = pki::leaf(&["backend.example.test"]);
+    leaf.write_to(dir);
+    (dir.join("fullchain.pem"), dir.join("privkey.pem"))
+}
+
+fn postfix_tls(port: u16, dir: &Path, postconf: &str) -> PostfixBackend {
+    let (chain, key) = backend_cert(dir);
+    PostfixBackend::start(
+        port,
+        &[
+            ("TLS_CERT", chain.to_str().unwrap()),
+            ("TLS_KEY", key.to_str().unwrap()),
+            ("TRANSCRIPT", "1"),
+            ("POSTCONF", postconf),
+        ],
+    )
+}
+
+/// Delivers one message over STARTTLS (SNI `sni`); returns the last reply.
+fn deliver(proxy: &Proxy, sni: &str, subject: &str) -> String {
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("220");
+    c.cmd("EHLO client.sender.test", "250");
+    c.cmd("STARTTLS", "220");
+    let mut c = c.start_tls(Some(sni), sni).unwrap();
+    c.send("EHLO client.sender.test");
+    let ehlo = c.reply();
+    if !ehlo.starts_with("250") {
+        return ehlo;
+    }
+    c.cmd("MAIL FROM:<a@sender.test>", "250");
+    c.cmd("RCPT TO:<r@example.test>", "250");
+    c.cmd("DATA", "354");
+    c.send(&format!("Subject: {subject}\r\n\r\nbody\r\n."));
+    let r = c.expect("250");
+    c.cmd("QUIT", "221");
+    r
+}
+
+fn maillog(pf: &PostfixBackend) -> String {
+    std::fs::read_to_string(pf.dir.join("log/maillog")).unwrap_or_default()
+}
+
+fn tls_backend(pf: &PostfixBackend, mode: &str, extra: &str) -> String {
+    format!(
+        "servers = [\"{}\"]\ntls = \"{mode}\"\ntls_ca = \"{{certs}}/ca.pem\"\n{extra}\n",
+        pf.addr()
+    )
+}
+
+#[test]
+fn starttls_to_postfix_shows_esmtps_and_the_second_session_resumes() {
+    let tmp = tempdir();
+    let pf = postfix_tls(PF_STARTTLS, tmp.path(), "");
+    let p = Proxy::start(ProxyConfig::standard(&tls_backend(
+        &pf,
+        "starttls",
+        "tls_name = \"backend.example.test\"",
+    )));
+    let start = p.wait_log("backend tls", 1);
+    assert_eq!(start["tls"], "starttls");
+
+    deliver(&p, "mx1.example.test", "first-over-tls");
+    deliver(&p, "mx1.example.test", "second-over-tls");
+    deliver(&p, "mx1.example.test", "third-over-tls");
+    deliver(&p, "mx1.example.test", "fourth-over-tls");
+    let first = pf.delivered("Subject: first-over-tls");
+    pf.delivered("Subject: second-over-tls");
+    assert!(
+        first.contains("with ESMTPS"),
+        "the backend's Received line: {first}"
+    );
+    wait_for("Postfix logs the TLS hop", TIMEOUT, || {
+        maillog(&pf)
+            .lines()
+            .any(|l| {
+                l.contains("TLS connection established from ")
+                    && l.contains("[127.0.0.1]: TLSv1.3 with cipher")
+            })
+            .then_some(())
+    });
+
+    p.wait_log("session", 4);
+    let sessions: Vec<_> = p
+        .logs_with("session")
+        .into_iter()
+        .filter(|s| s["messages"] == 1)
+        .collect();
+    assert_eq!(sessions.len(), 4);
+    for s in &sessions {
+        assert_eq!(s["backend_tls"], "TLSv1.3", "{s}");
+    }
+    // The pool's client config keeps its session cache across sessions:
+    // the second handshake with the server (the first session's, after
+    // the health probe's full one) is a resumption, as rustls reports its
+    // HandshakeKind. Postfix (OpenSSL) gives no usable new ticket on a
+    // resumed TLS 1.3 handshake: the next is full again, so at least
+    // every other one resumes (docs/routes.md, backend TLS).
+    let kinds: Vec<(bool, bool)> = p
+        .logs_with("backend tls handshake")
+        .iter()
+        .map(|h| (h["probe"] == true, h["resumed"] == true))
+        .collect();
+    assert_eq!(kinds[..2], [(true, false), (false, true)], "{kinds:?}");
+    assert_eq!(sessions[0]["backend_tls_resumed"], true, "{sessions:?}");
+    let resumed = sessions
+        .iter()
+        .filter(|s| s["backend_tls_resumed"] == true)
+        .count();
+    assert!(resumed >= 2, "{kinds:?}");
+}
+
+#[test]
+fn implicit_tls_to_postfix_in_wrapper_mode() {
+    let tmp = tempdir();
+    let pf = postfix_tls(PF_IMPLICIT, tmp.path(), "smtpd_tls_wrappermode = yes");
+    let p = Proxy::start(ProxyConfig::standard(&tls_backend(
+        &pf,
+        "implicit",
+        "tls_name = \"backend.example.test\"",
+    )));
+    deliver(&p, "mx1.example.test", "implicit-hop");
+    let m = pf.delivered("Subject: implicit-hop");
+    assert!(m.contains("with ESMTPS"), "{m}");
+    let s = p.wait_log("session", 1);
+    assert_eq!(s["backend_tls"], "TLSv1.3", "{s}");
+}
+
+/// A tenant whose backend presents a certificate that does not verify:
+/// its sessions get 421 after the handshake, nothing reaches that backend
+/// in plaintext, and the default tenant (the sink) still delivers.
+fn refused_backend(pf: &PostfixBackend, extra: &str, why: &str) {
+    let p = Proxy::start(
+        ProxyConfig::sink()
+            .append(&format!("\n[[backend]]\nname = \"t2\"\n{extra}\n"))
+            .append("\n[[route]]\nsni = [\"mx.tenant2.test\"]\nbackend = \"t2\"\n"),
+    );
+    let r = deliver(&p, "mx.tenant2.test", "must-not-arrive");
+    assert_eq!(
+        r.trim_end(),
+        "421 4.4.1 mx1.example.test Service temporarily unavailable, try again later"
+    );
+    let failed = p.wait_log("no backend server available", 1);
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.contains("TLS handshake") && error.contains(why),
+        "{error}"
+    );
+
+    deliver(&p, "mx1.example.test", "default-tenant");
+    assert_eq!(p.sink_messages().len(), 1);
+    // The proxy's last words to that backend were STARTTLS: no MAIL, no
+    // message, in plaintext or otherwise.
+    pf.wait_command("STARTTLS");
+    assert!(
+        !pf.commands().iter().any(|c| c.contains("MAIL FROM")),
+        "{:?}",
+        pf.commands()
+    );
+    assert!(pf.messages().is_empty());
+}
+
+#[test]
+fn a_certificate_for_another_name_is_a_backend_failure_never_plaintext() {
+    let tmp = tempdir();
+    let pf = postfix_tls(PF_BAD_NAME, tmp.path(), "");
+    refused_backend(
+        &pf,
+        &tls_backend(&pf, "starttls", "tls_name = \"other.example.test\""),
+        "not valid for name \"other.example.test\"",
+    );
+}
+
+#[test]
+fn a_certificate_from_an_unknown_ca_is_a_backend_failure_never_plaintext() {
+    let tmp = tempdir();
+    let pf = postfix_tls(PF_BAD_CA, tmp.path(), "");
+    // The system roots do not have the demo CA.
+    refused_backend(
+        &pf,
+        &format!(
+            "servers = [\"{}\"]\ntls = \"starttls\"\ntls_name = \"backend.example.test\"\n",
+            pf.addr()
+        ),
+        "UnknownIssuer",
+    );
+}
+
+/// The order on the wire: PROXY header first, then STARTTLS, then XCLIENT
+/// (inside TLS). Postfix accepts both: the header before its greeting
+/// (`smtpd_upstream_proxy_protocol`), XCLIENT after the TLS handshake,
+/// and its Received line then names the client the proxy vouched for.
+#[test]
+fn postfix_takes_a_proxy_header_before_starttls() {
+    let tmp = tempdir();
+    let (chain, key) = backend_cert(tmp.path());
+    let pf = PostfixBackend::start(
+        PF_PROXY,
+        &[
+            ("TLS_CERT", chain.to_str().unwrap()),
+            ("TLS_KEY", key.to_str().unwrap()),
+            ("PROXY", "1"),
+        ],
+    );
+    let p = Proxy::start(ProxyConfig::standard(&tls_backend(
+        &pf,
+        "starttls",
+        "tls_name = \"backend.example.test\"\nidentity = \"proxy-v2\"",
+    )));
+    deliver(&p, "mx1.example.test", "proxy-then-tls");
+    let m = pf.delivered("Subject: proxy-then-tls");
+    assert!(m.contains("with ESMTPS"), "{m}");
+}
+
+#[test]
+fn postfix_takes_xclient_after_starttls() {
+    let tmp = tempdir();
+    let pf = postfix_tls(PF_XCLIENT, tmp.path(), "");
+    let p = Proxy::start(ProxyConfig::standard(&tls_backend(
+        &pf,
+        "starttls",
+        "tls_name = \"backend.example.test\"\nidentity = \"xclient\"",
+    )));
+    deliver(&p, "mx1.example.test", "tls-then-xclient");
+    let m = pf.delivered("Subject: tls-then-xclient");
+    assert!(m.contains("with ESMTPS"), "{m}");
+    // XCLIENT came inside TLS: smtpd logged it after STARTTLS.
+    let commands = pf.commands();
+    let starttls = commands.iter().position(|c| c == "STARTTLS");
+    let xclient = commands.iter().position(|c| c.starts_with("XCLIENT"));
+    assert!(
+        matches!((starttls, xclient), (Some(s), Some(x)) if s < x),
+        "{commands:?}"
+    );
+}
+
+/// REQUIRETLS (RFC 8689) promises TLS on every hop: a backend offering it
+/// over a plaintext hop is not passed on, before TLS or after.
+#[test]
+fn requiretls_is_not_passed_on_over_a_plaintext_hop() {
+    let b = ScriptedBackend::start(
+        "220 backend.test ESMTP",
+        &[(
+            "EHLO",
+            "250-backend.test\r\n250-PIPELINING\r\n250-REQUIRETLS\r\n250 8BITMIME",
+        )],
+    );
+    let p = Proxy::start(ProxyConfig::servers(&[b.addr]));
+    let mut c = Smtp::connect(p.addr());
+    c.expect("220");
+    let pre = c.cmd("EHLO client.sender.test", "250");
+    assert!(!pre.contains("REQUIRETLS"), "{pre}");
+    assert!(pre.contains("250-PIPELINING\r\n"), "{pre}");
+    c.cmd("STARTTLS", "220");
+    let mut c = c
+        .start_tls(Some("mx1.example.test"), "mx1.example.test")
+        .unwrap();
+    let post = c.cmd("EHLO client.sender.test", "250");
+    assert_eq!(
+        post,
+        "250-backend.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
+    );
+}
+
+/// A backend speaking implicit TLS (a rustls server with a certificate for
+/// backend.example.test from the test PKI) whose EHLO offers REQUIRETLS.
+fn tls_backend_offering_requiretls() -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let leaf = pki::leaf(&["backend.example.test"]);
+    let chain: Vec<rustls_pki_types::CertificateDer<'static>> =
+        rustls_pki_types::pem::PemObject::pem_slice_iter(leaf.fullchain().as_bytes())
+            .map(Result::unwrap)
+            .collect();
+    let key: rustls_pki_types::PrivateKeyDer<'static> =
+        rustls_pki_types::pem::PemObject::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let config = std::sync::Arc::new(
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap(),
+    );
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for tcp in l.incoming().map_while(Result::ok) {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let conn = rustls::ServerConnection::new(config).unwrap();
+                let mut tls = BufReader::new(rustls::StreamOwned::new(conn, tcp));
+                let _ = tls.get_mut().write_all(b"220 backend.test ESMTP\r\n");
+                let mut line = String::new();
+                while matches!(tls.read_line(&mut line), Ok(n) if n > 0) {
+                    let upper = line.to_ascii_uppercase();
+                    let reply: &[u8] = if upper.starts_with("EHLO") {
+                        b"250-backend.test\r\n250-REQUIRETLS\r\n250 8BITMIME\r\n"
+                    } else if upper.starts_with("QUIT") {
+                        b"221 2.0.0 Bye\r\n"
+                    } else {
+                        b"250 2.0.0 Ok\r\n"
+                    };
+                    if tls.get_mut().write_all(reply).is_err() || upper.starts_with("QUIT") {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn requiretls_is_passed_on_when_client_and_hop_are_tls() {
+    let addr = tls_backend_offering_requiretls();
+    let p = Proxy::start(ProxyConfig::standard(&format!(
+        "servers = [\"{addr}\"]\ntls = \"implicit\"\ntls_ca = \"{{certs}}/ca.pem\"\ntls_name = \"backend.example.test\"\n"
+    )));
+    let mut c = Smtp::connect(p.addr());
+    c.expect("220");
+    let pre = c.cmd("EHLO client.sender.test", "250");
+    assert!(!pre.contains("REQUIRETLS"), "never before TLS: {pre}");
+    c.cmd("STARTTLS", "220");
+    let mut c = c
+        .start_tls(Some("mx1.example.test"), "mx1.example.test")
+        .unwrap();
+    let post = c.cmd("EHLO client.sender.test", "250");
+    assert_eq!(
+        post,
+        "250-backend.test\r\n250-REQUIRETLS\r\n250 8BITMIME\r\n"
+    );
+}
