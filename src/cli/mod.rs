@@ -35,6 +35,13 @@ pub struct RunArgs {
     /// Log format, overriding `[log] format`.
     #[arg(long, value_enum)]
     pub log_format: Option<crate::config::LogFormat>,
+    /// Run even when started as root. Without it `run` refuses root: the
+    /// proxy needs no privilege but binding ports below 1024, which
+    /// CAP_NET_BIND_SERVICE grants to an unprivileged user (the systemd
+    /// unit and the Debian package run it as `starttls-proxy`). Other
+    /// commands (`check`, `probe`, `status`) run as root without it.
+    #[arg(long, env = "STARTTLS_PROXY_ALLOW_ROOT", value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_root: bool,
 }
 
 /// Options of `check`. Without `--dns` it reads only files, as `run`
@@ -92,6 +99,7 @@ impl Cli {
             None => Command::Run(self.run),
             Some(Cmd::Run(args)) => Command::Run(RunArgs {
                 log_format: args.log_format.or(self.run.log_format),
+                allow_root: args.allow_root || self.run.allow_root,
             }),
             Some(Cmd::Check(args)) => {
                 if self.run.log_format.is_some() {
