@@ -12,6 +12,8 @@
 #   chromium (tests/status.rs opens /status in it, headless, with a private
 #   profile; --no-sandbox when run as root)
 #   python3-pip (only to download cargo-audit, below)
+#   systemd (for systemd-analyze: tests/systemd_unit.rs verifies and rates
+#   deploy/systemd/ offline; systemd is not started, CI has none)
 #
 # And cargo-audit (the advisory check in test.sh) into /usr/local/bin, when
 # `cargo-audit --version` is not already the pinned one: the prebuilt binary
@@ -41,12 +43,12 @@ die() { echo "$ME: ERROR: $*" >&2; exit 1; }
 
 PKGS=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libio-socket-inet6-perl
       openssl ca-certificates python3 python3-pip iproute2 procps prometheus dnsmasq-base
-      chromium)
+      chromium systemd)
 # More packages, the same way (benches/install-bench-deps.sh adds the peers
 # it compares against).
 # shellcheck disable=SC2206
 PKGS+=(${EXTRA_PACKAGES:-})
-CMDS=(postfix postconf swaks openssl python3 ss promtool dnsmasq chromium cargo-audit)
+CMDS=(postfix postconf swaks openssl python3 ss promtool dnsmasq chromium cargo-audit systemd-analyze)
 
 [ "$(id -u)" = 0 ] || die "must run as root (apt-get; the tests run private postfix instances)"
 command -v apt-get >/dev/null 2>&1 || die "apt-get not found: Debian 12 (or Ubuntu) required"
