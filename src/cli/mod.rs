@@ -1,6 +1,7 @@
 //! Command line: `run` (default), `check`, `probe`, `status`.
 
 pub mod check;
+pub mod help;
 pub mod probe;
 pub mod run;
 pub mod status;
@@ -15,7 +16,9 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "starttls-proxy",
     version,
-    about = "STARTTLS-terminating SMTP proxy"
+    about = "STARTTLS-terminating SMTP proxy",
+    long_about = help::LONG_ABOUT,
+    after_long_help = help::AFTER_LONG_HELP
 )]
 pub struct Cli {
     /// Config file.
@@ -81,7 +84,7 @@ pub enum Cmd {
     Check(CheckArgs),
     /// Diagnose an SMTP server's STARTTLS from the sender's side: every
     /// address, with and without SNI, TLS 1.3, 1.2 and legacy; chain,
-    /// names, expiry; findings with fixes (DESIGN.md §7).
+    /// names, expiry; findings with fixes.
     Probe(probe::ProbeArgs),
     /// Print a running proxy's status page (`/status.json` on its
     /// `[metrics] listen` address) as a report; exit 1 when a certificate
