@@ -15,6 +15,7 @@
 #   systemd (for systemd-analyze: tests/systemd_unit.rs verifies and rates
 #   deploy/systemd/ offline; systemd is not started, CI has none)
 #
+# And kubernetes-validate (pinned, PyPI) in a venv under /usr/local/lib.
 # And cargo-deb (pinned; tests/deb_package.rs builds the .deb) with cargo
 # install into /usr/local/bin, when not already that version.
 # And cargo-audit (the advisory check in test.sh) into /usr/local/bin, when
@@ -45,12 +46,12 @@ die() { echo "$ME: ERROR: $*" >&2; exit 1; }
 
 PKGS=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libio-socket-inet6-perl
       openssl ca-certificates python3 python3-pip iproute2 procps prometheus dnsmasq-base
-      chromium systemd)
+      chromium systemd python3-venv python3-yaml)
 # More packages, the same way (benches/install-bench-deps.sh adds the peers
 # it compares against).
 # shellcheck disable=SC2206
 PKGS+=(${EXTRA_PACKAGES:-})
-CMDS=(postfix postconf swaks openssl python3 ss promtool dnsmasq chromium cargo-audit systemd-analyze cargo-deb dpkg-deb)
+CMDS=(postfix postconf swaks openssl python3 ss promtool dnsmasq chromium cargo-audit systemd-analyze cargo-deb dpkg-deb kubernetes-validate)
 
 [ "$(id -u)" = 0 ] || die "must run as root (apt-get; the tests run private postfix instances)"
 command -v apt-get >/dev/null 2>&1 || die "apt-get not found: Debian 12 (or Ubuntu) required"
@@ -160,6 +161,19 @@ if ! cargo-deb --version 2>/dev/null | grep -q "^cargo-deb $CARGO_DEB_VERSION\b\
   cargo install --locked --root /usr/local cargo-deb --version "$CARGO_DEB_VERSION" \
     || die "cargo install cargo-deb failed"
 fi
+
+# kubernetes-validate (PyPI; it ships the Kubernetes schemas, so it works
+# offline) for tests/kubernetes_manifests.rs, pinned, in its own venv with
+# the command linked into /usr/local/bin.
+KUBERNETES_VALIDATE_VERSION=1.37.0
+KV_VENV=/usr/local/lib/starttls-proxy-kubernetes-validate
+if ! "$KV_VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -qx "$KUBERNETES_VALIDATE_VERSION"; then
+  echo "$ME: installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $KV_VENV"
+  /usr/bin/python3 -m venv "$KV_VENV" || die "python3 -m venv $KV_VENV failed"
+  "$KV_VENV/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
+    || die "pip install kubernetes-validate failed"
+fi
+ln -sf "$KV_VENV/bin/kubernetes-validate" /usr/local/bin/kubernetes-validate
 
 for c in "${CMDS[@]}"; do
   command -v "$c" >/dev/null 2>&1 || die "command '$c' not found after install (PATH=$PATH)"
