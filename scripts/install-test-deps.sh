@@ -15,6 +15,8 @@
 #   systemd (for systemd-analyze: tests/systemd_unit.rs verifies and rates
 #   deploy/systemd/ offline; systemd is not started, CI has none)
 #
+# And Exim extracted from Debian's exim4-daemon-light (not installed: it
+# conflicts with postfix) into /usr/local/lib/starttls-proxy-exim.
 # And kubernetes-validate (pinned, PyPI) in a venv under /usr/local/lib.
 # And cargo-deb (pinned; tests/deb_package.rs builds the .deb) with cargo
 # install into /usr/local/bin, when not already that version.
@@ -174,6 +176,25 @@ if ! "$KV_VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -qx "$KUBER
     || die "pip install kubernetes-validate failed"
 fi
 ln -sf "$KV_VENV/bin/kubernetes-validate" /usr/local/bin/kubernetes-validate
+
+# Exim for tests/exim_recipes.rs: Debian's exim4 conflicts with postfix, so
+# it is not installed but extracted (apt-get download + dpkg-deb -x) into
+# /usr/local/lib/starttls-proxy-exim with the one library it lacks
+# (libidn12), and run by tests/peers/exim-backend.sh with a private -C
+# config; it needs its compiled-in user Debian-exim.
+EXIM_ROOT=/usr/local/lib/starttls-proxy-exim
+if [ ! -x "$EXIM_ROOT/usr/sbin/exim4" ]; then
+  echo "$ME: extracting exim4-daemon-light into $EXIM_ROOT"
+  tmp=$(mktemp -d)
+  chmod 755 "$tmp"
+  (cd "$tmp" && apt-get download -q exim4-daemon-light libidn12 >/dev/null 2>&1) \
+    || { apt-get update -q >/dev/null && (cd "$tmp" && apt-get download -q exim4-daemon-light libidn12 >/dev/null 2>&1); } \
+    || die "apt-get download exim4-daemon-light libidn12 failed"
+  for d in "$tmp"/*.deb; do dpkg-deb -x "$d" "$EXIM_ROOT" || die "dpkg-deb -x $d failed"; done
+  rm -rf "$tmp"
+fi
+getent passwd Debian-exim >/dev/null || useradd --system --no-create-home --home-dir /nonexistent \
+  --shell /usr/sbin/nologin Debian-exim || die "useradd Debian-exim failed"
 
 for c in "${CMDS[@]}"; do
   command -v "$c" >/dev/null 2>&1 || die "command '$c' not found after install (PATH=$PATH)"
