@@ -94,6 +94,8 @@ log "building release binaries"
 cargo build --release --locked --bin starttls-proxy --bin starttls-loadgen >&2 \
   || die "cargo build failed"
 PROXY_BIN=$REPO/target/release/starttls-proxy
+# Benchmarks run as root (taskset, ulimit); `run` refuses root without this.
+export STARTTLS_PROXY_ALLOW_ROOT=true
 LOADGEN=$REPO/target/release/starttls-loadgen
 
 CERTS=$REPO/certs.example

@@ -126,7 +126,8 @@ max_connections_per_ip = 50000
 """
     with open(f"{d}/c.toml", "w") as f:
         f.write(conf)
-    cmd = [args.binary, "run", "--config", f"{d}/c.toml"]
+    # --allow-root: benchmarks run as root; `run` refuses root without it.
+    cmd = [args.binary, "run", "--allow-root", "--config", f"{d}/c.toml"]
     if args.heaptrack:
         cmd = ["heaptrack", "-o", args.heaptrack] + cmd
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=None if os.environ.get("PROXY_STDERR") else subprocess.DEVNULL)

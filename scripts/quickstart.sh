@@ -17,5 +17,13 @@ cargo build --release --locked
 # git checks the demo keys out world-readable (it keeps no modes but +x);
 # the proxy warns about such keys, as it should for real ones.
 chmod 600 certs.example/*/privkey.pem certs.example/*/*/privkey.pem
+# The proxy runs as whoever runs this script. `run` refuses root (in
+# production it runs as its own user, deploy/systemd/); for a trial on
+# loopback as root the script says so and passes --allow-root.
+allow=()
+if [ "$(id -u)" = 0 ]; then
+  echo "quickstart.sh: running as root: passing --allow-root (production runs as the starttls-proxy user)"
+  allow=(--allow-root)
+fi
 echo "quickstart.sh: starting on 127.0.0.1:2525; try: swaks -s 127.0.0.1 -p 2525 --tls --to you@example.test"
-exec target/release/starttls-proxy run --config config/quickstart.toml
+exec target/release/starttls-proxy run "${allow[@]}" --config config/quickstart.toml

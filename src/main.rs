@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     match command {
-        Command::Run(args) => run::main(&config, args.log_format),
+        Command::Run(args) => run::main(&config, args),
         Command::Check(args) => check::main(&config, &args),
         Command::Probe(args) => probe::main(args),
         Command::Status(args) => status::main(args),

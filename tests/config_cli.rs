@@ -244,10 +244,9 @@ fn log_format_works_with_run_implied_or_named_first() {
 
 /// Runs the binary with `args` from the directory `cwd`.
 fn run_bin_in(cwd: &std::path::Path, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(bin())
+    proxy_command()
         .args(args)
         .current_dir(cwd)
-        .env_remove("RUST_LOG")
         .output()
         .unwrap()
 }

@@ -7,6 +7,8 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd); REPO=$(cd "$HERE/../.." && pwd)
 B=$REPO/target/release
+# Run as root like the other benchmarks; `run` refuses root without this.
+export STARTTLS_PROXY_ALLOW_ROOT=true
 N=${N:-10000}; ROTATE=${ROTATE:-5000}; ROUNDS=${ROUNDS:-3}
 SINK_PORT=23325; PORT_N=23301; PORT_2=23302
 W=$(mktemp -d)

@@ -1,6 +1,7 @@
 //! Command line: `run` (default), `check`, `probe`, `status`.
 
 pub mod check;
+pub mod help;
 pub mod probe;
 pub mod run;
 pub mod status;
@@ -15,7 +16,9 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "starttls-proxy",
     version,
-    about = "STARTTLS-terminating SMTP proxy"
+    about = "STARTTLS-terminating SMTP proxy",
+    long_about = help::LONG_ABOUT,
+    after_long_help = help::AFTER_LONG_HELP
 )]
 pub struct Cli {
     /// Config file.
@@ -35,6 +38,13 @@ pub struct RunArgs {
     /// Log format, overriding `[log] format`.
     #[arg(long, value_enum)]
     pub log_format: Option<crate::config::LogFormat>,
+    /// Run even when started as root. Without it `run` refuses root: the
+    /// proxy needs no privilege but binding ports below 1024, which
+    /// CAP_NET_BIND_SERVICE grants to an unprivileged user (the systemd
+    /// unit and the Debian package run it as `starttls-proxy`). Other
+    /// commands (`check`, `probe`, `status`) run as root without it.
+    #[arg(long, env = "STARTTLS_PROXY_ALLOW_ROOT", value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_root: bool,
 }
 
 /// Options of `check`. Without `--dns` it reads only files, as `run`
@@ -74,7 +84,7 @@ pub enum Cmd {
     Check(CheckArgs),
     /// Diagnose an SMTP server's STARTTLS from the sender's side: every
     /// address, with and without SNI, TLS 1.3, 1.2 and legacy; chain,
-    /// names, expiry; findings with fixes (DESIGN.md §7).
+    /// names, expiry; findings with fixes.
     Probe(probe::ProbeArgs),
     /// Print a running proxy's status page (`/status.json` on its
     /// `[metrics] listen` address) as a report; exit 1 when a certificate
@@ -92,6 +102,7 @@ impl Cli {
             None => Command::Run(self.run),
             Some(Cmd::Run(args)) => Command::Run(RunArgs {
                 log_format: args.log_format.or(self.run.log_format),
+                allow_root: args.allow_root || self.run.allow_root,
             }),
             Some(Cmd::Check(args)) => {
                 if self.run.log_format.is_some() {

@@ -37,7 +37,18 @@ use crate::tls::{CertStore, TlsTerminator};
 /// (bad file, certificate, port in use): the same as `check`'s errors.
 const EXIT_CONFIG: u8 = 2;
 
-pub fn main(path: &std::path::Path, log_format: Option<crate::config::LogFormat>) -> ExitCode {
+/// Why `run` stops when started as root without `--allow-root`.
+const REFUSE_ROOT: &str = "starttls-proxy: refusing to run as root: the proxy needs no privilege \
+but binding ports below 1024. Run it as an unprivileged user with CAP_NET_BIND_SERVICE \
+(deploy/systemd/starttls-proxy.service does), or pass --allow-root \
+(or set STARTTLS_PROXY_ALLOW_ROOT=true) to run as root anyway.";
+
+pub fn main(path: &std::path::Path, args: super::RunArgs) -> ExitCode {
+    if rustix::process::geteuid().is_root() && !args.allow_root {
+        eprintln!("{REFUSE_ROOT}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let log_format = args.log_format;
     let mut config = match Config::load(path) {
         Ok(c) => c,
         Err(errors) => {

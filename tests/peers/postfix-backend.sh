@@ -23,6 +23,10 @@
 #                         unset: Postfix's default (no)
 #   POSTCONF=lines        more main.cf settings, one "name = value" a line, applied last
 #                         with postconf -e (e.g. the TLS protocols a test needs)
+#   MASTER_CF=entry       the smtpd service entry of master.cf instead of the default
+#                         line (first line "127.0.0.1:PORT inet ...", then "-o" lines);
+#                         PROXY is then ignored: the entry says what it wants
+#                         (tests/postfix_recipes.rs passes deploy/postfix/'s snippets)
 #
 # Delivery: one file per recipient in DIR/maildir/new/, starting with
 # Return-Path:, X-Original-To:, Delivered-To: <recipient>, then the backend's
@@ -99,7 +103,15 @@ EOF
   tls=off; [ -z "${TLS_CERT:-}" ] || tls=on
   proxy=""
   if [ "${PROXY:-}" = 1 ]; then proxy="-o smtpd_upstream_proxy_protocol=haproxy"; fi
-  echo "127.0.0.1:$port inet n - n - - smtpd $proxy" >> "$dir/etc/master.cf"
+  if [ -n "${MASTER_CF:-}" ]; then
+    case $MASTER_CF in
+      "127.0.0.1:$port "*) ;;
+      *) die "MASTER_CF must start with '127.0.0.1:$port ', got: ${MASTER_CF%%$'\n'*}" ;;
+    esac
+    printf '%s\n' "$MASTER_CF" >> "$dir/etc/master.cf"
+  else
+    echo "127.0.0.1:$port inet n - n - - smtpd $proxy" >> "$dir/etc/master.cf"
+  fi
   pf_start "$dir"
   for _ in $(seq 50); do pf_listening "$port" && break; sleep 0.1; done
   pf_listening "$port" || die "smtpd not listening on 127.0.0.1:$port; see $dir/log/maillog"

@@ -154,6 +154,17 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_starttls-proxy")
 }
 
+/// The proxy binary as every test runs it: tests (and CI) run as root, and
+/// `run` refuses root without `--allow-root`, so the harness allows it here,
+/// once, through the flag's environment variable (tests/refuse_root.rs runs
+/// the binary without it). `RUST_LOG` is removed so `[log] level` rules.
+pub fn proxy_command() -> Command {
+    let mut c = Command::new(bin());
+    c.env("STARTTLS_PROXY_ALLOW_ROOT", "true")
+        .env_remove("RUST_LOG");
+    c
+}
+
 /// A temporary directory every user can enter (Postfix daemons run as other users).
 pub fn tempdir() -> tempfile::TempDir {
     let d = tempfile::Builder::new()
@@ -174,10 +185,9 @@ impl Proxy {
             .replace("{dir}", dir.path().to_str().unwrap());
         let path = dir.path().join("proxy.toml");
         std::fs::write(&path, &text).unwrap();
-        let mut child = Command::new(bin())
+        let mut child = proxy_command()
             .args(["run", "--config"])
             .arg(&path)
-            .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -333,11 +343,7 @@ impl Drop for Proxy {
 
 /// Runs the binary with arguments and waits (for `check` and config errors).
 pub fn run_bin(args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run binary")
+    proxy_command().args(args).output().expect("run binary")
 }
 
 // === SMTP client ===
