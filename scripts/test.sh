@@ -39,7 +39,10 @@ cargo audit --db vendor/advisory-db --no-fetch --no-yanked --deny warnings \
 echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --all-targets --locked 2>&1 | tee "$log"
+# --no-fail-fast: a failing test binary does not hide the ones after it.
+status=0
+cargo test --all-targets --locked --no-fail-fast 2>&1 | tee "$log" || status=$?
 # One closing line over every test binary (criterion's bench smoke runs
-# print after the last "test result:" line).
+# print after the last "test result:" line), also when some failed.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
