@@ -48,12 +48,12 @@ die() { echo "$ME: ERROR: $*" >&2; exit 1; }
 
 PKGS=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libio-socket-inet6-perl
       openssl ca-certificates python3 python3-pip iproute2 procps prometheus dnsmasq-base
-      chromium systemd python3-venv python3-yaml)
+      chromium systemd python3-venv python3-yaml curl)
 # More packages, the same way (benches/install-bench-deps.sh adds the peers
 # it compares against).
 # shellcheck disable=SC2206
 PKGS+=(${EXTRA_PACKAGES:-})
-CMDS=(postfix postconf swaks openssl python3 ss promtool dnsmasq chromium cargo-audit systemd-analyze cargo-deb dpkg-deb kubernetes-validate)
+CMDS=(postfix postconf swaks openssl python3 ss curl unshare setpriv promtool dnsmasq chromium cargo-audit systemd-analyze cargo-deb dpkg-deb kubernetes-validate)
 
 [ "$(id -u)" = 0 ] || die "must run as root (apt-get; the tests run private postfix instances)"
 command -v apt-get >/dev/null 2>&1 || die "apt-get not found: Debian 12 (or Ubuntu) required"

@@ -11,7 +11,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -49,17 +49,6 @@ fn the_committed_conffile_is_the_production_example_as_packaged_config_sh_derive
     // Nowhere near an MTA's ports.
     assert!(committed.contains("address = \"127.0.0.1:2525\""));
     assert!(!committed.contains("address = \"[::]:25\""));
-}
-
-/// Builds the .deb into `dir`; returns its path.
-fn build_deb(dir: &Path) -> PathBuf {
-    let out = ok(Command::new("cargo")
-        .args(["deb", "--no-build", "--profile", "dev", "--fast", "-o"])
-        .arg(dir)
-        .current_dir(repo()));
-    let path = PathBuf::from(out.lines().last().unwrap_or_default().trim());
-    assert!(path.exists(), "cargo deb printed {out:?}");
-    path
 }
 
 fn dpkg_status() -> String {

@@ -47,6 +47,27 @@ pub fn certs() -> PathBuf {
     repo().join("certs.example")
 }
 
+/// Builds the .deb into `dir` with cargo-deb (scripts/install-test-deps.sh)
+/// from the test build of the binary (`--no-build --profile dev`: CI
+/// builds no release binary; a release is `cargo deb`); returns its path.
+pub fn build_deb(dir: &Path) -> PathBuf {
+    let out = Command::new("cargo")
+        .args(["deb", "--no-build", "--profile", "dev", "--fast", "-o"])
+        .arg(dir)
+        .current_dir(repo())
+        .output()
+        .expect("cargo deb (scripts/install-test-deps.sh installs cargo-deb)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "cargo deb: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
+    assert!(path.exists(), "cargo deb printed {stdout:?}");
+    path
+}
+
 /// Polls `f` until it returns `Some`, or panics after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
