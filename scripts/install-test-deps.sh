@@ -18,6 +18,13 @@
 # And Exim extracted from Debian's exim4-daemon-light (not installed: it
 # conflicts with postfix) into /usr/local/lib/starttls-proxy-exim.
 # And kubernetes-validate (pinned, PyPI) in a venv under /usr/local/lib.
+# And, only when the command is missing (an existing one is kept):
+#   kubectl from Debian's kubernetes-client (1.20; its embedded kustomize
+#   renders deploy/kubernetes as a current one does), and node and npm from
+#   Debian's nodejs and npm.
+# And the CRD validator's npm packages (tests/k8s-crd/, pinned with
+# integrity hashes in its package-lock.json) with `npm ci`, when
+# node_modules was not installed from that very lock file.
 # And cargo-deb (pinned; tests/deb_package.rs builds the .deb) with cargo
 # install into /usr/local/bin, when not already that version.
 # And cargo-audit (the advisory check in test.sh) into /usr/local/bin, when
@@ -53,7 +60,15 @@ PKGS=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libio-socket-inet6-
 # it compares against).
 # shellcheck disable=SC2206
 PKGS+=(${EXTRA_PACKAGES:-})
-CMDS=(postfix postconf swaks openssl python3 ss curl unshare setpriv promtool dnsmasq chromium cargo-audit systemd-analyze cargo-deb dpkg-deb kubernetes-validate)
+# tests/kubernetes_manifests.rs renders with `kubectl kustomize` and runs
+# the CRD validator under node. Debian's packages only where the command is
+# missing: a kubectl or a Node.js from elsewhere (whose npm conflicts with
+# Debian's) stays as it is.
+command -v kubectl >/dev/null 2>&1 || PKGS+=(kubernetes-client)
+command -v node >/dev/null 2>&1 || PKGS+=(nodejs)
+command -v npm >/dev/null 2>&1 || PKGS+=(npm)
+CMDS=(postfix postconf swaks openssl python3 ss curl unshare setpriv promtool dnsmasq chromium cargo-audit systemd-analyze cargo-deb dpkg-deb kubernetes-validate
+      kubectl node npm)
 
 [ "$(id -u)" = 0 ] || die "must run as root (apt-get; the tests run private postfix instances)"
 command -v apt-get >/dev/null 2>&1 || die "apt-get not found: Debian 12 (or Ubuntu) required"
@@ -176,6 +191,22 @@ if ! "$KV_VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -qx "$KUBER
     || die "pip install kubernetes-validate failed"
 fi
 ln -sf "$KV_VENV/bin/kubernetes-validate" /usr/local/bin/kubernetes-validate
+
+# The CRD validator's packages (tests/k8s-crd/: cert-manager and
+# Prometheus-operator models, TypeScript), exactly as package-lock.json pins
+# them: `npm ci` checks every integrity hash. Skipped when node_modules holds
+# a stamp of the same lock file; a changed lock installs again.
+CRD_DIR=$(cd "$(dirname "$0")/.." && pwd)/tests/k8s-crd
+CRD_STAMP=$CRD_DIR/node_modules/.installed-from-lock.sha256
+[ -f "$CRD_DIR/package-lock.json" ] || die "$CRD_DIR/package-lock.json not found"
+command -v npm >/dev/null 2>&1 || die "npm not found: cannot install $CRD_DIR"
+crd_lock_sum=$(sha256sum "$CRD_DIR/package-lock.json" | cut -d' ' -f1)
+if [ "$(cat "$CRD_STAMP" 2>/dev/null)" != "$crd_lock_sum" ]; then
+  echo "$ME: installing the CRD validator's npm packages into $CRD_DIR/node_modules"
+  (cd "$CRD_DIR" && npm ci --no-audit --no-fund --loglevel=error) \
+    || die "npm ci in $CRD_DIR failed"
+  echo "$crd_lock_sum" > "$CRD_STAMP"
+fi
 
 # Exim for tests/exim_recipes.rs: Debian's exim4 conflicts with postfix, so
 # it is not installed but extracted (apt-get download + dpkg-deb -x) into
