@@ -11,7 +11,8 @@
 #   dnsmasq-base (the binary only: the XCLIENT tests run a private DNS server)
 #   chromium (tests/status.rs opens /status in it, headless, with a private
 #   profile; --no-sandbox when run as root)
-#   python3-pip (only to download cargo-audit, below)
+#   python3-pip (only to download cargo-audit, below), curl (tests/newcomer.rs:
+#   the walkthrough waits for /ready with it)
 #   systemd (for systemd-analyze: tests/systemd_unit.rs verifies and rates
 #   deploy/systemd/ offline; systemd is not started, CI has none)
 #
