@@ -138,6 +138,40 @@ fn healthz_and_ready_follow_the_backend_health() {
     assert_eq!(proxy.http_get("/nothing").0, 404);
 }
 
+/// One backend down among others (one tenant's MTA): still ready, the
+/// down one named, so that replicas sharing the backends stay in the
+/// balancer for everyone else; every backend down: not ready.
+#[test]
+fn ready_stays_up_while_another_backend_serves() {
+    let up = FakeBackend::start(FakeBehaviour::Normal);
+    let down = free_addr();
+    let proxy = Proxy::start(
+        ProxyConfig::servers(&[up.addr])
+            .replace(
+                &format!("servers = [\"{}\"]", up.addr),
+                &format!("servers = [\"{}\"]\nhealth_interval = \"1s\"", up.addr),
+            )
+            .append(&format!(
+                "\n[[backend]]\nname = \"tenant2\"\nservers = [\"{down}\"]\nhealth_interval = \"1s\"\n"
+            ))
+            .append(METRICS),
+    );
+    let body = wait_for("the degraded ready", TIMEOUT, || {
+        let (status, body) = proxy.http_get("/ready");
+        (status == 200 && body.contains("degraded")).then_some(body)
+    });
+    assert_eq!(body, "ready, degraded: backend tenant2: no server up\n");
+
+    // The last serving backend goes: now nothing can be relayed.
+    up.stop();
+    let body = wait_for("not ready", TIMEOUT, || {
+        let (status, body) = proxy.http_get("/ready");
+        (status == 503).then_some(body)
+    });
+    assert!(body.contains("backend b: no server up"), "{body}");
+    assert!(body.contains("backend tenant2: no server up"), "{body}");
+}
+
 #[test]
 fn the_pre_tls_ehlo_offers_the_backends_extensions_as_probed() {
     let b = FakeBackend::start(FakeBehaviour::Normal);

@@ -54,8 +54,13 @@ impl Readiness {
         self.draining.store(true, Ordering::Release);
     }
 
-    /// `Ok` when ready, else every reason why not.
-    pub fn check(&self) -> Result<(), Vec<String>> {
+    /// `Ok` when ready, with the backends that are down (degraded, still
+    /// ready), else every reason why not. A backend with no server up
+    /// makes the proxy unready only when every backend is down: the
+    /// backends are usually shared by every replica, so one tenant's MTA
+    /// going down would otherwise take every replica out of the balancer
+    /// and every other tenant with it. Its sessions get `421` instead.
+    pub fn check(&self) -> Result<Vec<String>, Vec<String>> {
         let mut why = Vec::new();
         if !self.listening.load(Ordering::Acquire) {
             why.push("listeners not bound yet".to_string());
@@ -63,12 +68,17 @@ impl Readiness {
         if self.draining.load(Ordering::Acquire) {
             why.push("shutting down".to_string());
         }
-        for b in self.backends.get().map(Vec::as_slice).unwrap_or_default() {
-            if !b.health().any_up() {
-                why.push(format!("backend {}: no server up", b.name));
-            }
+        let backends = self.backends.get().map(Vec::as_slice).unwrap_or_default();
+        let down: Vec<String> = backends
+            .iter()
+            .filter(|b| !b.health().any_up())
+            .map(|b| format!("backend {}: no server up", b.name))
+            .collect();
+        if !backends.is_empty() && down.len() == backends.len() {
+            why.extend(down);
+            return Err(why);
         }
-        if why.is_empty() { Ok(()) } else { Err(why) }
+        if why.is_empty() { Ok(down) } else { Err(why) }
     }
 }
 
@@ -142,7 +152,11 @@ fn respond(
         }
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/ready" => match readiness.check() {
-            Ok(()) => text(StatusCode::OK, "ready\n".into()),
+            Ok(down) if down.is_empty() => text(StatusCode::OK, "ready\n".into()),
+            Ok(down) => text(
+                StatusCode::OK,
+                format!("ready, degraded: {}\n", down.join("; ")),
+            ),
             Err(why) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not ready: {}\n", why.join("; ")),
