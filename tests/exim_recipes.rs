@@ -1,8 +1,12 @@
-//! The Exim recipe of deploy/exim/backend.conf, read from there (no copy
-//! here), configuring a real Exim 4.96 (extracted from Debian's
-//! exim4-daemon-light by scripts/install-test-deps.sh) behind the proxy
-//! with identity = "none" and received_header = true. Only the port
-//! changes. Not covered yet: Exim as a strict sender.
+//! The Exim recipes of deploy/exim/, read from there (no copy here), with
+//! a real Exim 4.96 (extracted from Debian's exim4-daemon-light by
+//! scripts/install-test-deps.sh):
+//! - backend.conf: Exim behind the proxy with identity = "none" and
+//!   received_header = true (only the port changes), and the open-relay
+//!   trap it closes;
+//! - sender.conf: Exim as a strict sender (tests/peers/exim-sender.sh)
+//!   verifying the proxy's chain and the MX name; a leaf-only chain or a
+//!   certificate for another name leaves the message queued.
 
 mod support;
 
@@ -120,27 +124,15 @@ fn exim_backend_recipe_delivers_with_the_proxy_header_and_relays_nothing() {
     );
 
     let subject = format!("exim-recipe-{}", std::process::id());
-    let out = Command::new("swaks")
-        .args(["-s", "127.0.0.1", "-p", &proxy.port().to_string(), "--tls"])
-        .args([
+    swaks(
+        &proxy,
+        &[
             "--local-interface",
             "127.0.0.5",
             "--ehlo",
             "client.sender.test",
-        ])
-        .args(["--from", "sender@sender.test", "--to", "rcpt@example.test"])
-        .args([
-            "--header",
-            &format!("Subject: {subject}"),
-            "--timeout",
-            "20",
-        ])
-        .output()
-        .expect("swaks");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+        ],
+        &subject,
     );
     let msg = exim.delivered(&subject);
     // Exim saw the proxy; the proxy's Received: line names the client and TLS.
@@ -163,4 +155,122 @@ fn exim_with_debians_relay_from_hosts_is_an_open_relay_behind_the_proxy() {
     let proxy = proxy_for(&exim);
     let reply = foreign_rcpt_reply(&proxy);
     assert!(reply.starts_with("250"), "expected the open relay: {reply}");
+}
+
+// === Exim as a strict sender (deploy/exim/sender.conf) ===
+
+/// deploy/exim/sender.conf aimed at the proxy: its route to `mx` on
+/// `port`, and the demo CA as the trust anchors.
+fn sender_recipe(port: u16, mx: &str) -> String {
+    let text = std::fs::read_to_string(repo().join("deploy/exim/sender.conf")).unwrap();
+    let route = "route_list = * mx1.example.test::25 byname";
+    let ca = "tls_verify_certificates = /etc/ssl/certs/ca-certificates.crt";
+    for line in [route, ca, "hosts_require_tls = *", "tls_verify_hosts = *"] {
+        assert!(text.contains(&format!("  {line}\n")), "{line}:\n{text}");
+    }
+    text.replace(route, &format!("route_list = * {mx}::{port} byname"))
+        .replace(
+            ca,
+            &format!(
+                "tls_verify_certificates = {}",
+                certs().join("ca.pem").display()
+            ),
+        )
+}
+
+/// One message for rcpt@example.test from the recipe's Exim, through
+/// the proxy on `port` reached as the MX `mx`: (exit code, what
+/// tests/peers/exim-sender.sh printed, its log lines included).
+fn exim_send(port: u16, mx: &str) -> (i32, String) {
+    let tmp = tempdir();
+    let out = Command::new(peer_script("exim-sender.sh"))
+        .arg("send")
+        .arg(tmp.path().join("sender"))
+        .arg(mx)
+        .env("EXIM_SENDER", sender_recipe(port, mx))
+        .output()
+        .expect("tests/peers/exim-sender.sh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let code = out.status.code().unwrap_or(-1);
+    assert!(code != 3, "exim-sender.sh could not run: {text}");
+    (code, text)
+}
+
+/// The sender's log lines for the delivery attempt ("=>" or "==").
+fn attempt_line<'a>(out: &'a str, mark: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.contains(&format!(" {mark} rcpt@example.test ")))
+        .unwrap_or_else(|| panic!("no {mark} line:\n{out}"))
+}
+
+#[test]
+fn strict_exim_sender_delivers_through_the_proxy_with_the_certificate_verified() {
+    let proxy = Proxy::start(ProxyConfig::sink());
+    let (code, out) = exim_send(proxy.port(), "mx1.example.test");
+    assert_eq!(code, 0, "the strict Exim must deliver:\n{out}");
+    let delivered = attempt_line(&out, "=>");
+    for fact in [
+        "H=mx1.example.test [127.0.0.1]",
+        " X=TLS1.3:",
+        " CV=yes",
+        " DN=\"CN=mx1.example.test\"",
+    ] {
+        assert!(delivered.contains(fact), "{fact:?} not in {delivered}");
+    }
+    assert!(out.contains("queued: 0"), "{out}");
+    // What the backend finally holds: the message, relayed by the proxy.
+    let held = proxy.sink_messages();
+    assert_eq!(held.len(), 1, "{out}");
+    let msg = String::from_utf8_lossy(&held[0]);
+    assert!(msg.contains("Subject: exim-sender TLS check"), "{msg}");
+    assert!(msg.contains("To: rcpt@example.test"), "{msg}");
+    // tls_sni = $host: the proxy chose by the MX name.
+    let hs = proxy.wait_log("tls handshake", 1);
+    assert_eq!(hs["sni"], "mx1.example.test", "{hs}");
+    assert_eq!(hs["sni_match"], "matched", "{hs}");
+}
+
+#[test]
+fn strict_exim_sender_defers_when_the_intermediate_is_missing() {
+    let proxy = Proxy::start(ProxyConfig::sink().without_mx1_intermediate());
+    let (code, out) = exim_send(proxy.port(), "mx1.example.test");
+    assert_eq!(code, 1, "a strict Exim must defer:\n{out}");
+    let deferred = attempt_line(&out, "==");
+    assert!(
+        deferred.ends_with("TLS session: (certificate verification failed): certificate invalid"),
+        "{deferred}"
+    );
+    assert!(
+        out.contains("queued: 1"),
+        "the message must stay queued: {out}"
+    );
+    assert!(proxy.sink_messages().is_empty());
+}
+
+#[test]
+fn strict_exim_sender_defers_on_a_name_mismatch() {
+    // The proxy's certificates do not cover mx9.other.test: the default
+    // one (mx1.example.test) is served, and its chain verifies (the same
+    // proxy reached as mx1.example.test delivers: only the name fails).
+    let proxy = Proxy::start(ProxyConfig::sink());
+    let (code, out) = exim_send(proxy.port(), "mx9.other.test");
+    assert_eq!(code, 1, "a strict Exim must defer:\n{out}");
+    let deferred = attempt_line(&out, "==");
+    // GnuTLS's verdict on the name carries no detail, unlike the chain's
+    // ("certificate invalid").
+    assert!(
+        deferred.contains("H=mx9.other.test [127.0.0.1]")
+            && deferred.ends_with("TLS session: (certificate verification failed)"),
+        "{deferred}"
+    );
+    assert!(out.contains("queued: 1"), "{out}");
+    assert!(proxy.sink_messages().is_empty());
+
+    let (code, out) = exim_send(proxy.port(), "mx1.example.test");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(proxy.sink_messages().len(), 1);
 }
