@@ -1,6 +1,9 @@
 //! Test harness: the real `starttls-proxy` binary on loopback, an SMTP
-//! client with a real rustls handshake, openssl s_client, a scripted
-//! backend, and helpers for the private Postfix peers in tests/peers/.
+//! client with a real rustls handshake, openssl s_client, swaks, a
+//! scripted backend, helpers for the private Postfix peers in
+//! tests/peers/ (the Exim ones are driven from tests/exim_recipes.rs),
+//! and the loopback hop's CA made by the commands of
+//! deploy/postfix/README.md.
 #![allow(dead_code)]
 
 pub mod https;
