@@ -56,7 +56,7 @@ die() { echo "$ME: ERROR: $*" >&2; exit 1; }
 
 PKGS=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libio-socket-inet6-perl
       openssl ca-certificates python3 python3-pip iproute2 procps prometheus dnsmasq-base
-      chromium systemd python3-venv python3-yaml curl)
+      chromium systemd python3-venv python3-yaml curl util-linux mount)
 # More packages, the same way (benches/install-bench-deps.sh adds the peers
 # it compares against).
 # shellcheck disable=SC2206
@@ -69,7 +69,7 @@ command -v kubectl >/dev/null 2>&1 || PKGS+=(kubernetes-client)
 command -v node >/dev/null 2>&1 || PKGS+=(nodejs)
 command -v npm >/dev/null 2>&1 || PKGS+=(npm)
 CMDS=(postfix postconf swaks openssl python3 ss curl unshare setpriv promtool dnsmasq chromium cargo-audit systemd-analyze cargo-deb dpkg-deb kubernetes-validate
-      kubectl node npm)
+      kubectl node npm mount)
 
 [ "$(id -u)" = 0 ] || die "must run as root (apt-get; the tests run private postfix instances)"
 command -v apt-get >/dev/null 2>&1 || die "apt-get not found: Debian 12 (or Ubuntu) required"
@@ -212,8 +212,10 @@ fi
 # Exim for tests/exim_recipes.rs: Debian's exim4 conflicts with postfix, so
 # it is not installed but extracted (apt-get download + dpkg-deb -x) into
 # /usr/local/lib/starttls-proxy-exim with the one library it lacks
-# (libidn12), and run by tests/peers/exim-backend.sh with a private -C
-# config; it needs its compiled-in user Debian-exim.
+# (libidn12), and run by tests/peers/exim-backend.sh and exim-sender.sh
+# (tests/peers/lib-exim.sh) with a private -C config; it needs its
+# compiled-in user Debian-exim. exim-sender.sh also needs unshare and mount
+# (util-linux, mount).
 EXIM_ROOT=/usr/local/lib/starttls-proxy-exim
 if [ ! -x "$EXIM_ROOT/usr/sbin/exim4" ]; then
   echo "$ME: extracting exim4-daemon-light into $EXIM_ROOT"

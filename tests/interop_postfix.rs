@@ -105,19 +105,8 @@ fn strict_postfix_sender_accepts_our_chain_and_name() {
 
 #[test]
 fn strict_postfix_sender_defers_when_the_intermediate_is_missing() {
-    // A deliberately broken config: the leaf without its intermediate.
-    // `chain_check = "dane-ee"` skips the path check that would refuse this
-    // at load (tests/certs.rs); here a real strict sender must refuse it.
-    let config = ProxyConfig::sink()
-        .replace(
-            "mx1.example.test/fullchain.pem\"",
-            "mx1.example.test/leaf-only.pem\"\nchain_check = \"dane-ee\"",
-        )
-        .replace(
-            "mx1.example.test/ecdsa/fullchain.pem\"",
-            "mx1.example.test/ecdsa/leaf-only.pem\"\nchain_check = \"dane-ee\"",
-        );
-    let proxy = Proxy::start(config);
+    // The leaf without its intermediate: a real strict sender must refuse it.
+    let proxy = Proxy::start(ProxyConfig::sink().without_mx1_intermediate());
     let (code, out) = postfix_send(proxy.port(), "mx1.example.test", Some("mx1.example.test"));
     assert_eq!(
         code, 1,

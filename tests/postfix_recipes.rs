@@ -2,6 +2,10 @@
 //! each identity mode's master.cf service entry and the main.cf snippet
 //! configure a real private Postfix behind the proxy, and mail goes
 //! through. Only the port of the entry is changed (10025 → a test port).
+//! Section 4 of master.cf.snippet, the commented TLS-on-the-loopback-hop
+//! service, is loaded uncommented (port and certificate paths changed),
+//! with the CA and certificate made by the commands of README.md section 5
+//! and the proxy's backend from that section's toml block.
 //! Needs root and scripts/install-test-deps.sh; a missing peer fails.
 
 mod support;
@@ -15,6 +19,7 @@ const PORT_PROXY_V2: u16 = 14550;
 const PORT_XCLIENT: u16 = 14551;
 const PORT_NONE: u16 = 14552;
 const PORT_NONE_TRAP: u16 = 14553;
+const PORT_TLS_HOP: u16 = 14600;
 
 fn recipe(file: &str) -> String {
     std::fs::read_to_string(repo().join("deploy/postfix").join(file)).unwrap()
@@ -86,29 +91,6 @@ fn proxy_for(backend: SocketAddr, identity: &str, more_backend: &str, more: &str
     let probe = proxy.wait_log("backend health: first probe done", 1);
     assert_eq!(probe["up"], 1, "{}", proxy.all_logs());
     proxy
-}
-
-/// swaks over STARTTLS through the proxy; returns swaks's transcript.
-fn swaks(proxy: &Proxy, extra: &[&str], subject: &str) -> String {
-    let out = Command::new("swaks")
-        .args(["-s", "127.0.0.1", "-p", &proxy.port().to_string(), "--tls"])
-        .args(extra)
-        .args(["--from", "sender@sender.test", "--to", "rcpt@example.test"])
-        .args([
-            "--header",
-            &format!("Subject: {subject}"),
-            "--timeout",
-            "20",
-        ])
-        .output()
-        .expect("swaks");
-    let t = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{t}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    t
 }
 
 #[test]
@@ -217,4 +199,100 @@ fn none_recipe_without_its_mynetworks_line_is_an_open_relay() {
     let proxy = proxy_for(b.addr(), "none", "", "");
     let reply = foreign_rcpt_reply(&proxy);
     assert!(reply.starts_with("250"), "expected the open relay: {reply}");
+}
+
+/// Section 4 of master.cf.snippet: the commented service after "# 4.",
+/// uncommented, on `port`, with its certificate paths in `ca_dir`.
+fn tls_hop_entry(port: u16, ca_dir: &std::path::Path) -> String {
+    let text = recipe("master.cf.snippet");
+    let section = text
+        .split("\n# 4. ")
+        .nth(1)
+        .expect("master.cf.snippet has a section 4");
+    let lines: Vec<&str> = section
+        .lines()
+        .skip_while(|l| !l.starts_with("#127.0.0.1:10025 "))
+        .take_while(|l| l.starts_with("#127.0.0.1:10025 ") || l.starts_with("#  -o "))
+        .collect();
+    assert!(
+        lines.len() > 1,
+        "section 4 has no commented service: {section}"
+    );
+    let from = "/etc/postfix/backend-ca";
+    let entry = lines
+        .iter()
+        .map(|l| l[1..].to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        entry.contains(&format!("smtpd_tls_chain_files={from}/")),
+        "{entry}"
+    );
+    entry
+        .replacen("127.0.0.1:10025", &format!("127.0.0.1:{port}"), 1)
+        .replace(from, ca_dir.to_str().unwrap())
+}
+
+/// The toml block of README.md section 5: the body of the proxy's
+/// `[[backend]]` (its header and name are the harness's), on `port`, with
+/// the CA in `ca_dir`.
+fn tls_hop_backend(port: u16, ca_dir: &std::path::Path) -> String {
+    let text = recipe("README.md");
+    let section = text.split("\n## 5. ").nth(1).expect("README.md section 5");
+    let block = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .expect("section 5 has a toml block");
+    let body: Vec<&str> = block
+        .lines()
+        .filter(|l| *l != "[[backend]]" && !l.starts_with("name = "))
+        .collect();
+    assert_eq!(body.len() + 2, block.lines().count(), "{block}");
+    let body = body.join("\n");
+    assert!(body.contains("servers = [\"127.0.0.1:10025\"]"), "{body}");
+    body.replace("127.0.0.1:10025", &format!("127.0.0.1:{port}"))
+        .replace("/etc/postfix/backend-ca", ca_dir.to_str().unwrap())
+}
+
+#[test]
+fn tls_hop_recipe_postfix_logs_the_proxys_tls_and_writes_esmtps() {
+    let tmp = tempdir();
+    let ca_dir = tmp.path().join("backend-ca");
+    backend_hop_ca(&ca_dir);
+    let entry = tls_hop_entry(PORT_TLS_HOP, &ca_dir);
+    let b = postfix(PORT_TLS_HOP, &entry, &[], "");
+    let backend = tls_hop_backend(PORT_TLS_HOP, &ca_dir);
+    assert!(backend.contains("tls = \"starttls\""), "{backend}");
+    let proxy = Proxy::start(ProxyConfig::standard(&backend));
+    let probe = proxy.wait_log("backend health: first probe done", 1);
+    assert_eq!(probe["up"], 1, "{}", proxy.all_logs());
+
+    let subject = format!("recipe-tls-hop-{}", std::process::id());
+    swaks(
+        &proxy,
+        &[
+            "--local-interface",
+            "127.0.0.5",
+            "--ehlo",
+            "client.sender.test",
+        ],
+        &subject,
+    );
+    let msg = b.delivered(&subject);
+    // Postfix's own Received line: the real client (the PROXY header
+    // came first), and the hop was TLS.
+    assert!(
+        msg.contains("[127.0.0.5])") && msg.contains("(Postfix) with ESMTPS id"),
+        "{msg}"
+    );
+    let log = std::fs::read_to_string(b.dir.join("log/maillog")).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("postfix/proxied/smtpd[")
+            && l.contains("TLS connection established from")
+            && l.contains("[127.0.0.5]")),
+        "no TLS in Postfix's log:\n{log}"
+    );
+    let s = proxy.wait_log("session", 1);
+    assert_ne!(s["backend_tls"], "none", "{s}");
 }

@@ -10,7 +10,9 @@
 //! greeting after the PROXY header, or a 5xx reply to XCLIENT, is that
 //! verdict (postscreen, `smtpd_client_restrictions`): it is
 //! [`BackendError::ClientRefused`], relayed to the client as is, and is no
-//! failure of the server — no failover, not counted.
+//! failure of the server — no failover, not counted. Except a greeting
+//! that refuses the header itself as early input (Exim's `554 SMTP
+//! synchronization error`): that server takes no PROXY header, a failure.
 
 pub mod health;
 pub mod identity;
@@ -494,7 +496,7 @@ impl Backend {
             other => other?,
         };
         if greeting.code != 220 {
-            return Err(self.greeting_refused(server.to_string(), greeting, header));
+            return Err(self.greeting_refused(server.to_string(), greeting, header, header_sent));
         }
         Ok(())
     }
@@ -565,15 +567,23 @@ impl Backend {
     }
 
     /// The error for a greeting other than 220. After a PROXY header with
-    /// the client's address, a 5xx is the backend's verdict on the client.
-    /// (An XCLIENT pool's first greeting is still about the proxy: the
-    /// backend learns who the client is only later.)
+    /// the client's address, a 5xx is the backend's verdict on the client,
+    /// unless it says the header itself was refused (see
+    /// [`refuses_early_input`]). (An XCLIENT pool's first greeting is still
+    /// about the proxy: the backend learns who the client is only later.)
     fn greeting_refused(
         &self,
         server: String,
         greeting: BackendReply,
         header: Header<'_>,
+        header_sent: bool,
     ) -> BackendError {
+        if header_sent && refuses_early_input(&greeting) {
+            return BackendError::ProxyHeaderRejected {
+                server,
+                detail: format!("greeting refused: {}", greeting.first_line_text()),
+            };
+        }
         let client_known = matches!(header, Header::Client(..))
             && matches!(self.identity, Identity::ProxyV1 | Identity::ProxyV2);
         if client_known && (500..600).contains(&greeting.code) {
@@ -607,9 +617,18 @@ impl Backend {
             .map_err(write_err)?;
         let ehlo = read_reply(io, parser, server).await?;
         if ehlo.code != 250 {
+            let text = ehlo.first_line_text();
+            if self.sends_proxy_header() && looks_unrecognized(&ehlo) {
+                // What a server that took the header for commands
+                // answered to its first line (Exim 4.96 light).
+                return Err(BackendError::ProxyHeaderRejected {
+                    server: server.to_string(),
+                    detail: format!("EHLO refused: {text}"),
+                });
+            }
             return Err(BackendError::EhloRefused {
                 server: server.to_string(),
-                text: ehlo.first_line_text(),
+                text,
             });
         }
         if !crate::smtp::ehlo::offers(&ehlo, b"STARTTLS") {
@@ -687,6 +706,21 @@ enum Header<'a> {
     Client(&'a ClientIdentity, &'a xclient::ClientName, xclient::Proto),
     /// A health probe: the proxy itself.
     Probe,
+}
+
+/// Exim's greeting to a client that spoke first (`smtp_enforce_sync`,
+/// where PIPECONNECT is not offered: `pipelining_connect_advertise_hosts`):
+/// `554 SMTP synchronization error`, and the connection closes. After a PROXY header it means the server read the header as
+/// early input: it takes no PROXY header from the proxy (Exim without
+/// `hosts_proxy`, or Debian's exim4-daemon-light, built without it). A
+/// failure of the server (421 to the client, failover), not a verdict
+/// on the client to relay: the sender would bounce its mail on it.
+fn refuses_early_input(reply: &BackendReply) -> bool {
+    reply.code == 554
+        && reply
+            .first_line_text()
+            .to_ascii_lowercase()
+            .contains("synchronization error")
 }
 
 /// A 5xx that says the command was not understood: what an MTA not

@@ -22,11 +22,8 @@
 set -euo pipefail
 ME=exim-backend.sh
 die() { echo "$ME: ERROR: $*" >&2; exit 1; }
-ROOT=/usr/local/lib/starttls-proxy-exim
-EXIM=$ROOT/usr/sbin/exim4
-export LD_LIBRARY_PATH=$ROOT/usr/lib/x86_64-linux-gnu
-[ -x "$EXIM" ] || die "$EXIM missing: run scripts/install-test-deps.sh"
-getent passwd Debian-exim >/dev/null || die "user Debian-exim missing: run scripts/install-test-deps.sh"
+. "$(dirname "$0")/lib-exim.sh"
+ex_need
 [ $# -ge 2 ] || die "usage: $ME start DIR PORT | stop DIR"
 cmd=$1 dir=$(realpath -m -- "$2")
 

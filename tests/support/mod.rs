@@ -1,6 +1,9 @@
 //! Test harness: the real `starttls-proxy` binary on loopback, an SMTP
-//! client with a real rustls handshake, openssl s_client, a scripted
-//! backend, and helpers for the private Postfix peers in tests/peers/.
+//! client with a real rustls handshake, openssl s_client, swaks, a
+//! scripted backend, helpers for the private Postfix peers in
+//! tests/peers/ (the Exim ones are driven from tests/exim_recipes.rs),
+//! and the loopback hop's CA made by the commands of
+//! deploy/postfix/README.md.
 #![allow(dead_code)]
 
 pub mod https;
@@ -147,6 +150,21 @@ level = "debug"
     pub fn servers(addrs: &[SocketAddr]) -> Self {
         let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
         Self::standard(&format!("servers = [{}]", list.join(", ")))
+    }
+
+    /// A deliberately broken config: mx1's certificates (RSA and ECDSA)
+    /// served without their intermediate. `chain_check = "dane-ee"` skips
+    /// the path check that would refuse this at load (tests/certs.rs), so
+    /// that real strict senders can be shown to refuse it.
+    pub fn without_mx1_intermediate(self) -> Self {
+        self.replace(
+            "mx1.example.test/fullchain.pem\"",
+            "mx1.example.test/leaf-only.pem\"\nchain_check = \"dane-ee\"",
+        )
+        .replace(
+            "mx1.example.test/ecdsa/fullchain.pem\"",
+            "mx1.example.test/ecdsa/leaf-only.pem\"\nchain_check = \"dane-ee\"",
+        )
     }
 
     pub fn replace(mut self, from: &str, to: &str) -> Self {
@@ -586,12 +604,41 @@ impl Smtp {
 /// A client session up to TLS: greeting, EHLO, STARTTLS, a verified
 /// handshake with SNI mx1.example.test. The client must EHLO again.
 pub fn tls_session(proxy: &Proxy) -> Smtp {
+    tls_session_as(proxy, "mx1.example.test")
+}
+
+/// `tls_session` with SNI `name`, the certificate verified for it.
+pub fn tls_session_as(proxy: &Proxy, name: &str) -> Smtp {
     let mut c = Smtp::connect(proxy.addr());
     c.expect("220");
     c.cmd("EHLO client.test", "250");
     c.cmd("STARTTLS", "220");
-    c.start_tls(Some("mx1.example.test"), "mx1.example.test")
-        .expect("handshake")
+    c.start_tls(Some(name), name).expect("handshake")
+}
+
+/// swaks from `sender@sender.test` to `rcpt@example.test` over STARTTLS
+/// through the proxy, with `Subject: subject` and swaks options `extra`;
+/// panics unless swaks succeeds. Returns swaks's transcript.
+pub fn swaks(proxy: &Proxy, extra: &[&str], subject: &str) -> String {
+    let out = Command::new("swaks")
+        .args(["-s", "127.0.0.1", "-p", &proxy.port().to_string(), "--tls"])
+        .args(extra)
+        .args(["--from", "sender@sender.test", "--to", "rcpt@example.test"])
+        .args([
+            "--header",
+            &format!("Subject: {subject}"),
+            "--timeout",
+            "20",
+        ])
+        .output()
+        .expect("swaks (installed by scripts/install-test-deps.sh)");
+    let t = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{t}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t
 }
 
 /// A client that accepts any certificate: for tests that send SNI values
@@ -1126,6 +1173,38 @@ pub fn maildir_messages(new: &Path) -> Vec<Vec<u8>> {
     // A file may go between listing and reading only if someone else
     // moves it; nobody does here.
     files.iter().filter_map(|p| std::fs::read(p).ok()).collect()
+}
+
+/// The local CA of the loopback hop, made in `dir` by the commands of
+/// deploy/postfix/README.md section 5 as written there (its fenced `sh`
+/// block), with only their directory, /etc/postfix/backend-ca, changed to
+/// `dir`: `ca.pem`, and `backend.pem` + `backend.key` for backend.internal.
+pub fn backend_hop_ca(dir: &Path) {
+    let readme = std::fs::read_to_string(repo().join("deploy/postfix/README.md")).unwrap();
+    let section = readme
+        .split("\n## 5. ")
+        .nth(1)
+        .expect("deploy/postfix/README.md has a section 5");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .expect("section 5 has a fenced sh block");
+    let from = "/etc/postfix/backend-ca";
+    assert!(block.contains(from), "{block}");
+    let script = block.replace(from, dir.to_str().unwrap());
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "the commands of deploy/postfix/README.md section 5 failed:\n{script}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in ["ca.pem", "backend.pem", "backend.key"] {
+        assert!(dir.join(f).is_file(), "section 5 made no {f}");
+    }
 }
 
 /// The strict Postfix sender: (exit code, output).
