@@ -174,29 +174,56 @@ pub struct FileStamp {
     pub modified: Option<SystemTime>,
     pub dev: u64,
     pub ino: u64,
+    /// The inode's change time (seconds, nanoseconds): every write,
+    /// truncate, chmod or utimes sets it, and nothing can set it back.
+    pub changed: (i64, i64),
     pub digest: Vec<u8>,
 }
 
 impl FileStamp {
     fn new(meta: &std::fs::Metadata, contents: &[u8]) -> Self {
-        #[cfg(unix)]
-        let (dev, ino) = {
-            use std::os::unix::fs::MetadataExt;
-            (meta.dev(), meta.ino())
-        };
-        #[cfg(not(unix))]
-        let (dev, ino) = (0, 0);
+        let (dev, ino, changed) = identity(meta);
         Self {
             len: meta.len(),
             modified: meta.modified().ok(),
             dev,
             ino,
+            changed,
             digest: sha256(contents),
         }
     }
 
     pub fn same_contents(&self, other: &Self) -> bool {
         self.len == other.len && self.digest == other.digest
+    }
+
+    /// Whether `meta` (of the path now) is the very file this stamp was
+    /// taken of, untouched since: same inode, size, mtime and change time.
+    /// A poll that finds this needs not read the file; anything else (a
+    /// rename over it, a symlink swap, a write in place even keeping size
+    /// and mtime) differs, and the contents decide.
+    pub fn same_file(&self, meta: &std::fs::Metadata) -> bool {
+        let (dev, ino, changed) = identity(meta);
+        self.dev == dev
+            && self.ino == ino
+            && self.changed == changed
+            && self.len == meta.len()
+            && self.modified == meta.modified().ok()
+    }
+}
+
+/// Device, inode and change time of a file (zeros where the platform has
+/// none: then `same_file` is never sure, and polls read).
+fn identity(meta: &std::fs::Metadata) -> (u64, u64, (i64, i64)) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        (meta.dev(), meta.ino(), (meta.ctime(), meta.ctime_nsec()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        (0, 0, (0, 0))
     }
 }
 
@@ -210,6 +237,15 @@ pub struct CertStamps {
 impl CertStamps {
     pub fn same_contents(&self, other: &Self) -> bool {
         self.chain.same_contents(&other.chain) && self.key.same_contents(&other.key)
+    }
+
+    /// Both paths still lead to the files these stamps were taken of,
+    /// untouched (two `stat`s, no read): see [`FileStamp::same_file`].
+    pub fn same_files(&self, c: &CertificateConfig) -> bool {
+        let same = |stamp: &FileStamp, path: &Path| {
+            std::fs::metadata(path).is_ok_and(|m| stamp.same_file(&m))
+        };
+        same(&self.chain, &c.chain) && same(&self.key, &c.key)
     }
 }
 
