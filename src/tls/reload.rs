@@ -336,7 +336,7 @@ impl Reloader {
     /// certificates whose last attempt failed, and coming expiries.
     async fn on_poll(&mut self) {
         self.polls = self.polls.wrapping_add(1);
-        let full = self.polls % FULL_READ_EVERY_POLLS == 0;
+        let full = self.polls.is_multiple_of(FULL_READ_EVERY_POLLS);
         let changed = tokio::task::block_in_place(|| {
             self.certs
                 .iter_mut()
