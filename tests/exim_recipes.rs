@@ -351,8 +351,11 @@ fn tls_recipe_backend(port: u16, ca: &Path, identity: &str) -> String {
         .replace("identity = \"none\"", &format!("identity = \"{identity}\""))
 }
 
+/// Exim's main log; Exim writes it from its start ("daemon started"), so
+/// a missing one is a broken harness, never an Exim that logged nothing.
 fn mainlog(exim: &Exim) -> String {
-    std::fs::read_to_string(exim.dir.join("log/mainlog")).unwrap_or_default()
+    let path = exim.dir.join("log/mainlog");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 #[test]
@@ -404,7 +407,15 @@ fn identity_exim_cannot_take(port: u16, extra: &str, identity: &str, why: &str) 
     let tmp = tempdir();
     let ca = tmp.path().join("backend-ca");
     hop_ca(&ca);
-    let exim = Exim::start(port, &format!("{}\n{extra}", tls_recipe(port, &ca)));
+    // Every connection logged: the check below that Exim received nothing
+    // must see that the proxy did talk to it.
+    let exim = Exim::start(
+        port,
+        &format!(
+            "{}\n{extra}\nlog_selector = +smtp_connection",
+            tls_recipe(port, &ca)
+        ),
+    );
     let backend = tls_recipe_backend(port, &ca, identity);
 
     let alone = Proxy::start(ProxyConfig::standard(&backend));
@@ -432,11 +443,13 @@ fn identity_exim_cannot_take(port: u16, extra: &str, identity: &str, why: &str) 
     let failed = routed.wait_log("no backend server available", 1);
     let error = failed["error"].as_str().unwrap();
     assert!(error.contains(why), "{error}");
+    let log = mainlog(&exim);
+    assert!(log.contains(" daemon started"), "{log}");
     assert!(
-        !mainlog(&exim).contains(" <= "),
-        "Exim received a message:\n{}",
-        mainlog(&exim)
+        log.contains("SMTP connection from [127.0.0.1]"),
+        "the proxy never connected to Exim:\n{log}"
     );
+    assert!(!log.contains(" <= "), "Exim received a message:\n{log}");
     exim
 }
 

@@ -81,9 +81,30 @@ fn has_line(reply: &str, ext: &str) -> bool {
     reply.lines().any(|l| l.get(4..) == Some(ext))
 }
 
+/// The extension keywords of an EHLO reply (its first line, the
+/// server's name, left out).
+fn keywords(reply: &str) -> Vec<String> {
+    let mut k: Vec<String> = reply
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.get(4..))
+        .map(|l| l.split([' ', '=']).next().unwrap_or_default().to_string())
+        .collect();
+    k.sort();
+    k
+}
+
 #[test]
 fn each_tenant_lands_in_its_own_backend_with_its_own_ehlo() {
-    let pf = postfix(PF_TENANTS);
+    // Postfix without DSN, which the sink offers: the pre-TLS EHLO below
+    // then shows an intersection, not either pool's own list.
+    let pf = PostfixBackend::start(
+        PF_TENANTS,
+        &[(
+            "POSTCONF",
+            "smtpd_discard_ehlo_keywords = silent-discard, dsn",
+        )],
+    );
     let p = proxy(
         &format!("servers = [\"{}\"]", pf.addr()),
         r#"
@@ -94,37 +115,72 @@ backend = "t2"
     );
 
     // A routed name no certificate covers is warned about at start, with
-    // file, line and key; the one here is covered (*.wild.test).
+    // file, line and key; the one here is covered (*.wild.test). The
+    // routes were loaded (and logged) before the proxy was ready, so
+    // their absence is not a log not yet read.
+    let routes = p.logs_with("route");
+    assert!(
+        routes.iter().any(|r| r["backend"] == "t2"),
+        "{}",
+        p.all_logs()
+    );
     assert!(!p.all_logs().contains("is routed to"), "{}", p.all_logs());
 
-    // Before TLS: only what both pools take. The sink has no SIZE and no
-    // VRFY, Postfix has both.
-    let mut c = Smtp::connect(p.addr());
-    c.expect("220");
-    let pre = c.cmd("EHLO client.sender.test", "250");
-    assert!(has_line(&pre, "PIPELINING"), "{pre}");
-    assert!(has_line(&pre, "STARTTLS"), "{pre}");
-    assert!(!pre.contains("SIZE") && !pre.contains("VRFY"), "{pre}");
-    c.cmd("QUIT", "221");
-
-    let t2 = deliver(&p, Some("mx.tenant2.test"), "for-tenant2");
-    let wild = deliver(&p, Some("host.wild.test"), "for-wild");
-    let mx1 = deliver(&p, Some("mx1.example.test"), "for-mx1");
-    let nosni = deliver(&p, None, "no-sni");
-
-    // After TLS: exactly the chosen backend's own EHLO reply, filtered as
-    // always (XCLIENT and XFORWARD are the proxy's, never the client's;
-    // they are not the last line here, so no marker changes).
+    // The EHLO replies of the two pools, as the proxy relays them after
+    // TLS, filtered as always (XCLIENT and XFORWARD are the proxy's, never
+    // the client's; they are not the last line here, so no marker
+    // changes).
     let postfix_ehlo: String = direct_ehlo(pf.addr())
         .split_inclusive("\r\n")
         .filter(|l| !l[4..].starts_with("XCLIENT") && !l[4..].starts_with("XFORWARD"))
         .collect();
+
+    // Before TLS: what both pools take, and nothing more. Postfix offers
+    // SIZE and the sink does not; the sink offers DSN and Postfix does
+    // not (discarded above): neither may be offered.
+    let mut c = Smtp::connect(p.addr());
+    c.expect("220");
+    let pre = c.cmd("EHLO client.sender.test", "250");
+    c.cmd("QUIT", "221");
+    p.wait_log("session", 1);
+    assert!(has_line(&pre, "PIPELINING"), "{pre}");
+    assert!(has_line(&pre, "STARTTLS"), "{pre}");
+    assert!(postfix_ehlo.contains("-SIZE "), "{postfix_ehlo}");
+    assert!(!has_line(&postfix_ehlo, "DSN"), "{postfix_ehlo}");
+    assert!(!pre.contains("SIZE"), "{pre}");
+    assert!(!has_line(&pre, "DSN"), "{pre}");
+
+    let t2 = deliver(&p, Some("mx.tenant2.test"), "for-tenant2");
+    p.wait_log("session", 2);
+    let wild = deliver(&p, Some("host.wild.test"), "for-wild");
+    p.wait_log("session", 3);
+    let mx1 = deliver(&p, Some("mx1.example.test"), "for-mx1");
+    p.wait_log("session", 4);
+    let nosni = deliver(&p, None, "no-sni");
+    // Each session's line is logged after its QUIT's 221: waited for one
+    // by one, so they are in the order of the sessions.
+    p.wait_log("session", 5);
+
+    // After TLS: exactly the chosen backend's own EHLO reply.
     assert!(has_line(&postfix_ehlo, "VRFY"), "{postfix_ehlo}");
     assert_eq!(t2, postfix_ehlo);
     assert_eq!(wild, postfix_ehlo);
     assert_eq!(mx1, nosni);
     assert!(mx1.starts_with("250-mx1.example.test\r\n"), "{mx1}");
     assert!(!has_line(&mx1, "VRFY") && !mx1.contains("SIZE"), "{mx1}");
+    assert!(has_line(&mx1, "DSN"), "{mx1}");
+
+    // The pre-TLS extensions are exactly those both pools offer.
+    let sink_keys = keywords(&mx1);
+    let postfix_keys = keywords(&postfix_ehlo);
+    let mut both: Vec<String> = sink_keys
+        .iter()
+        .filter(|k| postfix_keys.contains(k))
+        .cloned()
+        .collect();
+    both.push("STARTTLS".to_string());
+    both.sort();
+    assert_eq!(keywords(&pre), both, "{pre}\n{mx1}\n{postfix_ehlo}");
 
     // What each backend holds.
     pf.delivered("Subject: for-tenant2");
@@ -141,6 +197,8 @@ backend = "t2"
 
     // Logs and metrics carry the route.
     let sessions = p.logs_with("session");
+    assert_eq!(sessions.len(), 5, "{sessions:?}");
+    assert_eq!(sessions[0]["messages"], 0, "{sessions:?}");
     let routed: Vec<&str> = sessions
         .iter()
         .filter(|s| s["messages"] == 1)
