@@ -726,12 +726,16 @@ fn refuses_early_input(reply: &BackendReply) -> bool {
 /// A 5xx that says the command was not understood: what an MTA not
 /// expecting a PROXY header answers to it (Postfix: `500 5.5.2 Error:
 /// command not recognized`), and then to the EHLO that follows.
+/// Also Exim's `554 SMTP synchronization error`, which it may send in
+/// answer to the proxy's EHLO rather than as its greeting when the header
+/// arrived just after it greeted (a race seen with Exim 4.96 light).
 fn looks_unrecognized(reply: &BackendReply) -> bool {
     let text = reply.first_line_text().to_ascii_lowercase();
-    (500..600).contains(&reply.code)
-        && (matches!(reply.code, 500 | 502)
-            || text.contains("unrecognized")
-            || text.contains("not recognized"))
+    refuses_early_input(reply)
+        || ((500..600).contains(&reply.code)
+            && (matches!(reply.code, 500 | 502)
+                || text.contains("unrecognized")
+                || text.contains("not recognized")))
 }
 
 /// Reads one complete reply.
