@@ -6,9 +6,11 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use support::pki;
+use support::starttls_backend::{StartTls, StartTlsBackend, is_transaction, server_config};
 use support::*;
 
 const PF_STARTTLS: u16 = 14510;
@@ -41,7 +43,11 @@ fn postfix_tls(port: u16, dir: &Path, postconf: &str) -> PostfixBackend {
 
 /// Delivers one message over STARTTLS (SNI `sni`); returns the last reply.
 fn deliver(proxy: &Proxy, sni: &str, subject: &str) -> String {
-    let mut c = Smtp::connect(proxy.addr());
+    deliver_on(Smtp::connect(proxy.addr()), sni, subject)
+}
+
+/// `deliver` on a connection already open (e.g. after a PROXY header).
+fn deliver_on(mut c: Smtp, sni: &str, subject: &str) -> String {
     c.expect("220");
     c.cmd("EHLO client.sender.test", "250");
     c.cmd("STARTTLS", "220");
@@ -354,5 +360,122 @@ fn requiretls_is_passed_on_when_client_and_hop_are_tls() {
     assert_eq!(
         post,
         "250-backend.test\r\n250-REQUIRETLS\r\n250 8BITMIME\r\n"
+    );
+}
+
+// === Misbehaving STARTTLS servers (scripted) ===
+
+const UNAVAILABLE: &str =
+    "421 4.4.1 mx1.example.test Service temporarily unavailable, try again later";
+
+/// The `[[backend]]` body for `servers` with `tls = "starttls"`, the demo
+/// CA, `tls_name` unless `None`, and no second health probe during the
+/// test (so that every counted failure after the first is a session's).
+fn starttls_pool(servers: &[SocketAddr], name: Option<&str>) -> String {
+    let list: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();
+    let name = name.map_or(String::new(), |n| format!("tls_name = \"{n}\"\n"));
+    format!(
+        "servers = [{}]\ntls = \"starttls\"\ntls_ca = \"{{certs}}/ca.pem\"\n{name}health_interval = \"1h\"\n",
+        list.join(", ")
+    )
+}
+
+/// The proxy's default backend is the sink; SNI mx.tenant2.test routes to
+/// the pool "t2" (`t2`: its body). The listener's greeting stays 220 when
+/// t2 is down, so a session routed there really tries t2's servers.
+fn tenant_proxy(t2: &str) -> Proxy {
+    Proxy::start(
+        ProxyConfig::sink()
+            .append(&format!("\n[[backend]]\nname = \"t2\"\n{t2}\n"))
+            .append("\n[[route]]\nsni = [\"mx.tenant2.test\"]\nbackend = \"t2\"\n")
+            .append("\n[metrics]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+}
+
+/// `backend_connect_failures_total` of one server (0 when not rendered).
+fn failures(p: &Proxy, backend: &str, server: SocketAddr) -> f64 {
+    p.metric(&format!(
+        "starttls_proxy_backend_connect_failures_total{{backend=\"{backend}\",server=\"{server}\"}}"
+    ))
+    .unwrap_or(0.0)
+}
+
+fn backend_cert_config() -> std::sync::Arc<rustls::ServerConfig> {
+    server_config(&pki::leaf(&["backend.example.test"]))
+}
+
+/// A `tls = "starttls"` server that breaks the STARTTLS step as `b` says.
+/// The session gets 421 to its EHLO inside TLS and then the end of the
+/// connection (no 250 for anything); the server saw, in plaintext, only
+/// `plain` on each connection (the health probe's and the session's: no
+/// MAIL, RCPT or DATA) and nothing inside TLS; the session's failure is
+/// logged with `why` and counted in backend_connect_failures_total.
+fn starttls_step_fails(b: StartTls, plain: &[&str], why: &str) {
+    let fake = StartTlsBackend::start(b);
+    let p = tenant_proxy(&starttls_pool(&[fake.addr], Some("backend.example.test")));
+    // The health probe met the server first (Proxy::start waits for it).
+    let after_probe = failures(&p, "t2", fake.addr);
+
+    let mut c = tls_session_as(&p, "mx.tenant2.test");
+    c.send("EHLO client.sender.test");
+    assert_eq!(c.reply().trim_end(), UNAVAILABLE);
+    assert!(c.replies_until_close().is_empty());
+
+    let probe = p.wait_log("backend server down (health probe failed)", 1);
+    let probe_error = probe["error"].as_str().unwrap();
+    assert!(probe_error.contains(why), "{probe_error}");
+    assert_eq!(after_probe, 1.0);
+
+    let failed = p.wait_log("no backend server available", 1);
+    assert_eq!(failed["backend"], "t2", "{failed}");
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains(&fake.addr.to_string()), "{error}");
+    assert!(error.contains(why), "{error}");
+    let session = p.wait_log("session", 1);
+    assert_eq!(session["outcome"], "backend_unavailable", "{session}");
+    assert_eq!(failures(&p, "t2", fake.addr), 2.0, "{}", p.all_logs());
+
+    let connections = fake.connections();
+    assert_eq!(connections.len(), 2, "probe and session: {connections:?}");
+    for conn in &connections {
+        assert_eq!(conn.plain, plain, "{connections:?}");
+        assert!(conn.tls.is_empty(), "{connections:?}");
+        assert!(!conn.plain.iter().any(|l| is_transaction(l)));
+    }
+}
+
+/// Downgrade by omission: the EHLO reply has no STARTTLS (as a MITM
+/// stripping it would make it). No plaintext relay, no STARTTLS either.
+#[test]
+fn a_backend_not_offering_starttls_is_a_failure_never_plaintext() {
+    starttls_step_fails(
+        StartTls::NotOffered,
+        &["EHLO mx1.example.test"],
+        "does not offer STARTTLS",
+    );
+}
+
+#[test]
+fn a_backend_refusing_starttls_is_a_failure_never_plaintext() {
+    starttls_step_fails(
+        StartTls::Refused("454 4.7.0 TLS not available due to local problem"),
+        &["EHLO mx1.example.test", "STARTTLS"],
+        "STARTTLS refused: 454 4.7.0 TLS not available due to local problem",
+    );
+}
+
+/// The server-side STARTTLS injection (CVE-2011-0411 class): bytes after
+/// the 220, in the same write, would be read as the first reply inside
+/// TLS. The scripted server then completes a real handshake, so a proxy
+/// that ignored the bytes would relay (and show the injected 250).
+#[test]
+fn bytes_after_the_starttls_220_are_a_failure_never_a_reply_inside_tls() {
+    starttls_step_fails(
+        StartTls::Injects(
+            b"220 2.0.0 go ahead\r\n250 injected\r\n",
+            backend_cert_config(),
+        ),
+        &["EHLO mx1.example.test", "STARTTLS"],
+        "sent bytes after its 220 to STARTTLS",
     );
 }
