@@ -479,3 +479,58 @@ fn bytes_after_the_starttls_220_are_a_failure_never_a_reply_inside_tls() {
         "sent bytes after its 220 to STARTTLS",
     );
 }
+
+/// A pool of two: the first server passed its health probe, then breaks
+/// its TLS as `bad` says. The session fails over to the second and is
+/// delivered there, inside TLS; the first is counted as a failure once
+/// (the session's), the second not at all.
+fn fails_over_after(bad: StartTls, why: &str) {
+    let first = StartTlsBackend::start(StartTls::Good(backend_cert_config()));
+    let second = StartTlsBackend::start(StartTls::Good(backend_cert_config()));
+    let p = Proxy::start(
+        ProxyConfig::standard(&starttls_pool(
+            &[first.addr, second.addr],
+            Some("backend.example.test"),
+        ))
+        .append("\n[metrics]\nlisten = \"127.0.0.1:0\"\n"),
+    );
+    assert_eq!(failures(&p, "b", first.addr), 0.0);
+    first.set_behaviour(bad);
+
+    let r = deliver(&p, "mx1.example.test", "failed-over");
+    assert!(r.starts_with("250 "), "{r}");
+    let tls = second.tls_lines();
+    assert!(tls.iter().any(|l| l == "Subject: failed-over"), "{tls:?}");
+    assert!(
+        tls.iter().any(|l| l == "MAIL FROM:<a@sender.test>"),
+        "{tls:?}"
+    );
+    for conn in first.connections() {
+        let all = conn.plain.iter().chain(&conn.tls);
+        assert!(!all.clone().any(|l| is_transaction(l)), "{conn:?}");
+    }
+    assert!(second.plaintext_lines().iter().all(|l| !is_transaction(l)));
+
+    let failed = p.wait_log("backend server failed, trying the next", 1);
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains(&first.addr.to_string()), "{error}");
+    assert!(error.contains(why), "{error}");
+    let session = p.wait_log("session", 1);
+    assert_eq!(session["messages"], 1, "{session}");
+    assert_eq!(session["backend_tls"], "TLSv1.3", "{session}");
+    assert_eq!(failures(&p, "b", first.addr), 1.0);
+    assert_eq!(failures(&p, "b", second.addr), 0.0);
+}
+
+#[test]
+fn a_pool_fails_over_from_a_certificate_that_does_not_verify() {
+    fails_over_after(
+        StartTls::Good(server_config(&pki::leaf(&["other.example.test"]))),
+        "not valid for name \"backend.example.test\"",
+    );
+}
+
+#[test]
+fn a_pool_fails_over_from_a_server_that_stopped_offering_starttls() {
+    fails_over_after(StartTls::NotOffered, "does not offer STARTTLS");
+}
