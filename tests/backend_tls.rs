@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use support::pki;
-use support::starttls_backend::{StartTls, StartTlsBackend, is_transaction, server_config};
+use support::starttls_backend::{
+    StartTls, StartTlsBackend, is_transaction, server_config, server_config_pem,
+};
 use support::*;
 
 const PF_STARTTLS: u16 = 14510;
@@ -533,4 +535,49 @@ fn a_pool_fails_over_from_a_certificate_that_does_not_verify() {
 #[test]
 fn a_pool_fails_over_from_a_server_that_stopped_offering_starttls() {
     fails_over_after(StartTls::NotOffered, "does not offer STARTTLS");
+}
+
+/// `tls_verify = false`: `run` warns at start, and a self-signed
+/// certificate for another name (which the same proxy without
+/// `tls_verify = false` refuses) carries the session.
+#[test]
+fn tls_verify_false_warns_at_start_and_delivers_to_an_unverifiable_certificate() {
+    let self_signed = rcgen::generate_simple_self_signed(vec!["nobody.invalid".into()]).unwrap();
+    let config = server_config_pem(
+        &self_signed.cert.pem(),
+        &self_signed.signing_key.serialize_pem(),
+    );
+    let fake = StartTlsBackend::start(StartTls::Good(config));
+    let servers = format!("servers = [\"{}\"]\ntls = \"starttls\"\n", fake.addr);
+
+    // Verified (the default), the certificate does not pass.
+    let verified = Proxy::start(ProxyConfig::standard(&servers));
+    let down = verified.wait_log("backend server down (health probe failed)", 1);
+    assert!(
+        down["error"].as_str().unwrap().contains("TLS handshake"),
+        "{down}"
+    );
+    drop(verified);
+
+    let p = Proxy::start(ProxyConfig::standard(&format!(
+        "{servers}tls_verify = false\n"
+    )));
+    let warning = p
+        .logs_with("backend tls: tls_verify = false: the backend's certificate is NOT verified (anyone on the path can impersonate it)");
+    assert_eq!(warning.len(), 1, "{}", p.all_logs());
+    assert_eq!(warning[0]["level"], "WARN", "{}", warning[0]);
+    assert_eq!(warning[0]["backend"], "b", "{}", warning[0]);
+    assert_eq!(warning[0]["tls"], "starttls", "{}", warning[0]);
+    assert!(p.logs_with("backend tls").is_empty(), "no 'verified' line");
+
+    let r = deliver(&p, "mx1.example.test", "unverified-hop");
+    assert!(r.starts_with("250 "), "{r}");
+    let tls = fake.tls_lines();
+    assert!(
+        tls.iter().any(|l| l == "Subject: unverified-hop"),
+        "{tls:?}"
+    );
+    assert!(fake.plaintext_lines().iter().all(|l| !is_transaction(l)));
+    let s = p.wait_log("session", 1);
+    assert_eq!(s["backend_tls"], "TLSv1.3", "{s}");
 }
