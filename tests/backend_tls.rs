@@ -581,3 +581,51 @@ fn tls_verify_false_warns_at_start_and_delivers_to_an_unverifiable_certificate()
     let s = p.wait_log("session", 1);
     assert_eq!(s["backend_tls"], "TLSv1.3", "{s}");
 }
+
+/// Without `tls_name` the name verified is the server's IP address from
+/// `servers`, as rustls verifies a `ServerName::IpAddress`: against the
+/// certificate's IP SANs (a DNS SAN or a CN of "127.0.0.1" would not do).
+/// Pool "b" presents a leaf with the IP SAN 127.0.0.1 and delivers; pool
+/// "t2" presents one with only a DNS name and gets 421.
+#[test]
+fn without_tls_name_the_server_ip_is_verified_against_an_ip_san() {
+    let with_ip = StartTlsBackend::start(StartTls::Good(server_config(&pki::leaf(&[
+        "backend.example.test",
+        "127.0.0.1",
+    ]))));
+    let without_ip = StartTlsBackend::start(StartTls::Good(backend_cert_config()));
+    let p = Proxy::start(
+        ProxyConfig::standard(&starttls_pool(&[with_ip.addr], None))
+            .append(&format!(
+                "\n[[backend]]\nname = \"t2\"\n{}\n",
+                starttls_pool(&[without_ip.addr], None)
+            ))
+            .append("\n[[route]]\nsni = [\"mx.tenant2.test\"]\nbackend = \"t2\"\n"),
+    );
+    let start = p.logs_with("backend tls");
+    assert_eq!(start.len(), 2, "{start:?}");
+    assert!(
+        start.iter().all(|l| l["name"] == "the server's address"),
+        "{start:?}"
+    );
+
+    let r = deliver(&p, "mx1.example.test", "ip-san");
+    assert!(r.starts_with("250 "), "{r}");
+    assert!(with_ip.tls_lines().iter().any(|l| l == "Subject: ip-san"));
+
+    let r = deliver(&p, "mx.tenant2.test", "no-ip-san");
+    assert_eq!(r.trim_end(), UNAVAILABLE);
+    let failed = p.wait_log("no backend server available", 1);
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.contains("not valid for name") && error.contains("127.0.0.1"),
+        "{error}"
+    );
+    assert!(without_ip.tls_lines().is_empty());
+    assert!(
+        without_ip
+            .plaintext_lines()
+            .iter()
+            .all(|l| !is_transaction(l))
+    );
+}
