@@ -219,8 +219,10 @@ fn a_certificate_from_an_unknown_ca_is_a_backend_failure_never_plaintext() {
 
 /// The order on the wire: PROXY header first, then STARTTLS, then XCLIENT
 /// (inside TLS). Postfix accepts both: the header before its greeting
-/// (`smtpd_upstream_proxy_protocol`), XCLIENT after the TLS handshake,
-/// and its Received line then names the client the proxy vouched for.
+/// (`smtpd_upstream_proxy_protocol`), XCLIENT after the TLS handshake.
+/// The client comes through a PROXY-protocol listener as 203.0.113.7, so
+/// the address Postfix records can only come from the proxy's PROXY v2
+/// header (the proxy itself connects from 127.0.0.1).
 #[test]
 fn postfix_takes_a_proxy_header_before_starttls() {
     let tmp = tempdir();
@@ -233,14 +235,29 @@ fn postfix_takes_a_proxy_header_before_starttls() {
             ("PROXY", "1"),
         ],
     );
-    let p = Proxy::start(ProxyConfig::standard(&tls_backend(
-        &pf,
-        "starttls",
-        "tls_name = \"backend.example.test\"\nidentity = \"proxy-v2\"",
-    )));
-    deliver(&p, "mx1.example.test", "proxy-then-tls");
+    let p = Proxy::start(ProxyConfig::with(
+        r#"proxy_protocol = { version = 1, trusted = ["127.0.0.0/8"] }"#,
+        &tls_backend(
+            &pf,
+            "starttls",
+            "tls_name = \"backend.example.test\"\nidentity = \"proxy-v2\"",
+        ),
+    ));
+    let c = Smtp::connect_proxied(p.addr(), "PROXY TCP4 203.0.113.7 127.0.0.1 40000 25");
+    deliver_on(c, "mx1.example.test", "proxy-then-tls");
     let m = pf.delivered("Subject: proxy-then-tls");
+    // No reverse lookup in the test Postfix (smtpd_peername_lookup = no):
+    // the name is "unknown", the address the one the header carried.
+    assert!(
+        m.contains("Received: from client.sender.test (unknown [203.0.113.7])"),
+        "{m}"
+    );
     assert!(m.contains("with ESMTPS"), "{m}");
+    assert!(
+        maillog(&pf).contains("connect from unknown[203.0.113.7]"),
+        "{}",
+        maillog(&pf)
+    );
 }
 
 #[test]
