@@ -283,22 +283,29 @@ fn postfix_takes_xclient_after_starttls() {
 }
 
 /// REQUIRETLS (RFC 8689) promises TLS on every hop: a backend offering it
-/// over a plaintext hop is not passed on, before TLS or after.
+/// over a plaintext hop is not passed on, before TLS or after. Both EHLO
+/// replies are compared whole, and each is shown to be built from this
+/// backend's own EHLO (its extensions before TLS, as the health probe saw
+/// them; its name and extensions after), so the missing REQUIRETLS is the
+/// proxy's doing, not an EHLO that never came from the backend.
 #[test]
 fn requiretls_is_not_passed_on_over_a_plaintext_hop() {
     let b = ScriptedBackend::start(
         "220 backend.test ESMTP",
         &[(
             "EHLO",
-            "250-backend.test\r\n250-PIPELINING\r\n250-REQUIRETLS\r\n250 8BITMIME",
+            "250-backend.test\r\n250-PIPELINING\r\n250-REQUIRETLS\r\n250-SIZE 12345\r\n250 8BITMIME",
         )],
     );
     let p = Proxy::start(ProxyConfig::servers(&[b.addr]));
     let mut c = Smtp::connect(p.addr());
     c.expect("220");
     let pre = c.cmd("EHLO client.sender.test", "250");
-    assert!(!pre.contains("REQUIRETLS"), "{pre}");
-    assert!(pre.contains("250-PIPELINING\r\n"), "{pre}");
+    // SIZE 12345 is this backend's: the pre-TLS list is the probe's.
+    assert_eq!(
+        pre,
+        "250-mx1.example.test\r\n250-PIPELINING\r\n250-SIZE 12345\r\n250-8BITMIME\r\n250 STARTTLS\r\n"
+    );
     c.cmd("STARTTLS", "220");
     let mut c = c
         .start_tls(Some("mx1.example.test"), "mx1.example.test")
@@ -306,8 +313,16 @@ fn requiretls_is_not_passed_on_over_a_plaintext_hop() {
     let post = c.cmd("EHLO client.sender.test", "250");
     assert_eq!(
         post,
-        "250-backend.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
+        "250-backend.test\r\n250-PIPELINING\r\n250-SIZE 12345\r\n250 8BITMIME\r\n"
     );
+    // The session's own connection asked the backend, in plaintext, and
+    // was offered REQUIRETLS there.
+    let sessions: Vec<String> = b
+        .transcripts()
+        .into_iter()
+        .filter(|t| t.contains("EHLO client.sender.test"))
+        .collect();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
 }
 
 /// A backend speaking implicit TLS (a rustls server with a certificate for
