@@ -1,8 +1,23 @@
-//! TLS to the backend (`[[backend]] tls`, DESIGN.md §10) against a real
-//! Postfix with its own certificate from the test PKI: Postfix logs the
-//! TLS of the hop and writes `with ESMTPS`, the second session resumes,
-//! and a certificate that does not verify is a backend failure (421),
-//! never a plaintext relay.
+//! TLS to the backend (`[[backend]] tls`, DESIGN.md §10).
+//!
+//! Against a real Postfix with its own certificate from the test PKI:
+//! Postfix logs the TLS of the hop and writes `with ESMTPS`, the second
+//! session resumes, a certificate that does not verify is a backend
+//! failure (421), never a plaintext relay, and the PROXY header (before
+//! STARTTLS) and XCLIENT (inside TLS) each name the real client.
+//!
+//! Against a scripted STARTTLS backend (tests/support/starttls_backend.rs,
+//! for what no real MTA does on demand): a server that does not offer
+//! STARTTLS, refuses it (454), or sends bytes after its 220 (the STARTTLS
+//! command-injection class, server side) is a backend failure — 421 to
+//! the sender, nothing of a transaction in plaintext, the reason logged,
+//! the failure counted; a pool fails over from a server whose
+//! certificate does not verify (or that stopped offering STARTTLS) to
+//! the next; `tls_verify = false` warns at start and delivers; and
+//! without `tls_name` the server's IP address is verified against the
+//! certificate's IP SANs.
+//!
+//! REQUIRETLS (RFC 8689) is passed on only over a TLS hop.
 
 mod support;
 
