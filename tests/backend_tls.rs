@@ -9,7 +9,8 @@
 //! Against a scripted STARTTLS backend (tests/support/starttls_backend.rs,
 //! for what no real MTA does on demand): a server that does not offer
 //! STARTTLS, refuses it (454), or sends bytes after its 220 (the STARTTLS
-//! command-injection class, server side) is a backend failure — 421 to
+//! command-injection class, server side: with the 220, or in place of
+//! its handshake) is a backend failure — 421 to
 //! the sender, nothing of a transaction in plaintext, the reason logged,
 //! the failure counted; a pool fails over from a server whose
 //! certificate does not verify (or that stopped offering STARTTLS) to
@@ -526,6 +527,18 @@ fn bytes_after_the_starttls_220_are_a_failure_never_a_reply_inside_tls() {
         ),
         &["EHLO mx1.example.test", "STARTTLS"],
         "sent bytes after its 220 to STARTTLS",
+    );
+}
+
+/// The same bytes sent once the proxy's handshake has begun (its
+/// ClientHello is on the wire): they reach the TLS layer, where they are
+/// no TLS record, and fail the handshake; never read as a reply.
+#[test]
+fn bytes_in_place_of_the_server_handshake_fail_it_never_a_reply() {
+    starttls_step_fails(
+        StartTls::InjectsInHandshake(b"250 injected\r\n", backend_cert_config()),
+        &["EHLO mx1.example.test", "STARTTLS"],
+        "TLS handshake: received corrupt message of type InvalidContentType",
     );
 }
 

@@ -29,6 +29,10 @@ pub enum StartTls {
     /// Offers STARTTLS, writes these bytes (a 220 and more) in one write,
     /// then handshakes with this config as if all were well.
     Injects(&'static [u8], Arc<ServerConfig>),
+    /// Offers STARTTLS, answers `220`, waits for the client's first
+    /// handshake bytes, then writes these bytes (plaintext, where the
+    /// server's handshake should be) before handshaking with this config.
+    InjectsInHandshake(&'static [u8], Arc<ServerConfig>),
 }
 
 /// One connection's command lines (DATA content included).
@@ -185,6 +189,12 @@ fn smtp(s: &mut (impl Read + Write), b: &StartTls, inside_tls: bool, rec: &Mutex
                     }
                     return Next::Handshake(config.clone());
                 }
+                StartTls::InjectsInHandshake(_, config) => {
+                    if s.write_all(b"220 2.0.0 Ready to start TLS\r\n").is_err() {
+                        return Next::Close;
+                    }
+                    return Next::Handshake(config.clone());
+                }
                 StartTls::Refused(reply) => format!("{reply}\r\n").into(),
                 StartTls::NotOffered => unreachable!(),
             }
@@ -213,6 +223,12 @@ fn session(mut tcp: TcpStream, b: StartTls, rec: Arc<Mutex<Lines>>) {
     let Next::Handshake(config) = smtp(&mut tcp, &b, false, &rec) else {
         return;
     };
+    if let StartTls::InjectsInHandshake(bytes, _) = &b {
+        let mut first = [0u8; 1];
+        if !matches!(tcp.peek(&mut first), Ok(1)) || tcp.write_all(bytes).is_err() {
+            return;
+        }
+    }
     let Ok(conn) = rustls::ServerConnection::new(config) else {
         return;
     };
