@@ -26,7 +26,8 @@ use crate::config::{BackendTlsConfig, BackendTlsMode};
 pub struct BackendTls {
     pub mode: BackendTlsMode,
     connector: TlsConnector,
-    /// `tls_name`; `None`: each server's IP address.
+    /// `tls_name`; `None`: each server's IP address, as
+    /// `ServerName::IpAddress` (verified against the certificate's IP SANs).
     name: Option<ServerName<'static>>,
     pub verify: bool,
 }

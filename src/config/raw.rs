@@ -282,7 +282,8 @@ pub struct RawBackend {
     pub tls: Option<Spanned<BackendTlsMode>>,
     /// Verify the backend against this CA file (default: system roots).
     pub tls_ca: Option<Spanned<PathBuf>>,
-    /// The name to verify (default: the server's host, an IP address).
+    /// The name to verify (default: the server's IP address from
+    /// `servers`, which the certificate must carry as an IP SAN).
     pub tls_name: Option<Spanned<String>>,
     /// `false`: no verification at all (warned at start).
     pub tls_verify: Option<Spanned<bool>>,

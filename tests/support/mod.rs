@@ -8,6 +8,7 @@
 
 pub mod https;
 pub mod pki;
+pub mod starttls_backend;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
