@@ -322,6 +322,42 @@ fn relative_sink_that_cannot_be_created_says_what_it_is_relative_to() {
     assert!(stderr.contains(&want), "expected {want:?} in:\n{stderr}");
 }
 
+#[test]
+fn relative_backend_tls_ca_that_cannot_be_read_says_what_it_is_relative_to() {
+    let dir = tempdir();
+    let cwd = tempdir();
+    let cwd_path = std::fs::canonicalize(cwd.path()).unwrap();
+    // The CA sits beside the config file; the proxy runs elsewhere.
+    std::fs::copy(certs().join("ca.pem"), dir.path().join("hop-ca.pem")).unwrap();
+    let config = ProxyConfig::servers(&["127.0.0.1:10025".parse().unwrap()]).replace(
+        "servers = [",
+        "tls = \"starttls\"\ntls_ca = \"hop-ca.pem\"\nservers = [",
+    );
+    let path = write_config(&dir, &config.text);
+    let want = format!(
+        "(relative to the working directory {}, not to the config file's directory: use an absolute path)",
+        cwd_path.display()
+    );
+    for sub in ["run", "check"] {
+        let out = run_bin_in(&cwd_path, &[sub, "--config", &path]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{sub}: {text}");
+        assert!(text.contains("tls_ca hop-ca.pem"), "{sub}: {text}");
+        assert!(text.contains(&want), "{sub}: expected {want:?} in:\n{text}");
+    }
+    // From the config file's directory the same relative path loads.
+    let out = run_bin_in(dir.path(), &["check", "--config", &path]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 const TLS_RULES: &str = r#"
 [[tls_policy]]
 name = "partners"

@@ -121,8 +121,12 @@ impl BackendTls {
 fn roots_from(path: &Path) -> std::io::Result<RootCertStore> {
     let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
     let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| invalid(format!("tls_ca {}: {e}", path.display())))?;
+    let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
+        // A relative path is the working directory's, which under systemd
+        // is not where the config file is: say so.
+        let note = crate::config::relative_note(path).unwrap_or_default();
+        invalid(format!("tls_ca {}: {e}{note}", path.display()))
+    })?;
     for c in certs {
         let c = c.map_err(|e| invalid(format!("tls_ca {}: {e}", path.display())))?;
         roots
