@@ -17,7 +17,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::backend::Backend;
 use crate::backend::route::{Routes, SharedRoutes};
@@ -100,6 +100,16 @@ async fn run(config: Config) -> Result<(), Exit> {
         status::set_backends(backend_facts(&backends));
     }
     let sockets = bind_all(&config).await?;
+    let started = std::time::Instant::now();
+    match tokio::task::block_in_place(crate::tls::provider::warm_up_random) {
+        Ok(()) => debug!(
+            duration_ms = started.elapsed().as_millis(),
+            "random generator seeded"
+        ),
+        Err(e) => {
+            warn!(error = ?e, "cannot seed the random generator yet; handshakes will try again")
+        }
+    }
     // After the recorder: the rules' counters are registered with it.
     let policy = crate::policy::shared(&config.tls_policy);
     log_policy(&config);
