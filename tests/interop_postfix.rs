@@ -33,35 +33,19 @@ fn swaks_over_starttls_delivers_into_postfix() {
         1
     );
     let subject = unique("swaks-interop");
-    let out = Command::new("swaks")
-        .args([
-            "-s",
-            &proxy.addr().ip().to_string(),
-            "-p",
-            &proxy.port().to_string(),
-        ])
-        .args(["--tls", "--tls-verify", "--tls-ca-path"])
-        .arg(certs().join("ca.pem"))
-        .args([
+    let ca = certs().join("ca.pem");
+    let transcript = swaks(
+        &proxy,
+        &[
+            "--tls-verify",
+            "--tls-ca-path",
+            &ca.to_string_lossy(),
             "--tls-sni",
             "mx1.example.test",
             "--ehlo",
             "client.sender.test",
-        ])
-        .args(["--from", "sender@sender.test", "--to", "rcpt@example.test"])
-        .args([
-            "--header",
-            &format!("Subject: {subject}"),
-            "--timeout",
-            "20",
-        ])
-        .output()
-        .expect("swaks (installed by scripts/install-test-deps.sh)");
-    let transcript = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "swaks failed:\n{transcript}{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &subject,
     );
     assert!(transcript.contains("TLS started"), "{transcript}");
     // The 250 the client saw is Postfix's own.
