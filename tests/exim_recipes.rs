@@ -113,16 +113,6 @@ fn proxy_for(exim: &Exim) -> Proxy {
     proxy
 }
 
-fn foreign_rcpt_reply(proxy: &Proxy) -> String {
-    let mut c = tls_session(proxy);
-    c.cmd("EHLO client.test", "250");
-    c.cmd("MAIL FROM:<spammer@evil.test>", "250");
-    c.send("RCPT TO:<victim@elsewhere.test>");
-    let reply = c.reply();
-    c.send("QUIT");
-    reply
-}
-
 #[test]
 fn exim_backend_recipe_delivers_with_the_proxy_header_and_relays_nothing() {
     let exim = Exim::start(PORT_BACKEND, &recipe(PORT_BACKEND));

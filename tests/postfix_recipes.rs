@@ -154,18 +154,6 @@ fn xclient_recipe_authorises_only_the_proxy_and_postfix_sees_the_client() {
 /// Only example.test is local: anything else is relaying.
 const LOCAL_ONLY: &str = "virtual_mailbox_domains = example.test";
 
-/// A TLS session through the proxy from 127.0.0.1, RCPT to a foreign
-/// domain; returns Postfix's reply to it.
-fn foreign_rcpt_reply(proxy: &Proxy) -> String {
-    let mut c = tls_session(proxy);
-    c.cmd("EHLO client.test", "250");
-    c.cmd("MAIL FROM:<spammer@evil.test>", "250");
-    c.send("RCPT TO:<victim@elsewhere.test>");
-    let reply = c.reply();
-    c.send("QUIT");
-    reply
-}
-
 #[test]
 fn none_recipe_is_no_open_relay_and_delivers_local_mail_with_the_proxy_header() {
     let entry = service_entry("master.cf.none", PORT_NONE);

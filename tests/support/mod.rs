@@ -617,6 +617,18 @@ pub fn tls_session_as(proxy: &Proxy, name: &str) -> Smtp {
     c.start_tls(Some(name), name).expect("handshake")
 }
 
+/// A TLS session through the proxy from 127.0.0.1 with RCPT to a foreign
+/// domain (the open-relay check); returns the backend's reply to the RCPT.
+pub fn foreign_rcpt_reply(proxy: &Proxy) -> String {
+    let mut c = tls_session(proxy);
+    c.cmd("EHLO client.test", "250");
+    c.cmd("MAIL FROM:<spammer@evil.test>", "250");
+    c.send("RCPT TO:<victim@elsewhere.test>");
+    let reply = c.reply();
+    c.send("QUIT");
+    reply
+}
+
 /// swaks from `sender@sender.test` to `rcpt@example.test` over STARTTLS
 /// through the proxy, with `Subject: subject` and swaks options `extra`;
 /// panics unless swaks succeeds. Returns swaks's transcript.
