@@ -60,7 +60,8 @@ start)
     list=$(tr ' ' '\n' <<<"$caps" | sed 's/^CAP_//' | tr 'A-Z' 'a-z' | sed 's/^/+/' | paste -sd,)
     capargs=(--inh-caps="$list" --ambient-caps="$list")
   fi
-  cd "$(key WorkingDirectory || echo /)"
+  wd=$(key WorkingDirectory)
+  cd "${wd:-/}"
   # shellcheck disable=SC2046
   setsid setpriv --reuid="$user" --regid="${group:-$user}" --init-groups "${capargs[@]}" \
     -- $(key ExecStart) >>"$log" 2>&1 </dev/null &
