@@ -50,6 +50,9 @@ pub struct DataScanner {
     garbage: Option<Garbage>,
     /// Lines that looked like an end of data but were not one.
     suspicious: u32,
+    /// Copy runs of ordinary lines whole ([`clean_run`]); off only in the
+    /// tests that hold it against the line-by-line path.
+    fast: bool,
 }
 
 impl Default for DataScanner {
@@ -108,6 +111,7 @@ impl DataScanner {
             prev_cr: false,
             garbage: None,
             suspicious: 0,
+            fast: true,
         }
     }
 
@@ -147,6 +151,18 @@ impl DataScanner {
                     }
                 }
                 continue;
+            }
+            if self.fast {
+                // Mid-line: whole ordinary lines go on in one piece.
+                let n = clean_run(&input[i..], self.prev_cr);
+                if n > 0 {
+                    out.extend_from_slice(&input[i..i + n]);
+                    i += n;
+                    self.prev_cr = input[i - 1] == b'\r';
+                    if i == input.len() {
+                        break;
+                    }
+                }
             }
             // Mid-line: copy the run up to the next LF in one piece.
             let rest = &input[i..];
@@ -292,6 +308,29 @@ impl DataScanner {
     }
 }
 
+/// How many bytes at the start of `rest` (which begins mid-line; the byte
+/// before it was CR when `prev_cr`) pass on unchanged while the scanner
+/// stays mid-line: up to, not including, the first LF that is bare, or is
+/// the input's last byte, or is followed by a byte that may start a lone
+/// dot (`.`, NUL, CR) or an empty line (LF). Every LF before that is a
+/// CRLF followed by an ordinary byte, where the line-by-line path would
+/// copy the line, end it as CRLF and take the next byte as the start of an
+/// ordinary line: the same bytes, one copy for many lines.
+fn clean_run(rest: &[u8], prev_cr: bool) -> usize {
+    for lf in memchr::memchr_iter(b'\n', rest) {
+        let crlf = match lf.checked_sub(1) {
+            Some(cr) => rest[cr] == b'\r',
+            None => prev_cr,
+        };
+        let ordinary_next =
+            matches!(rest.get(lf + 1), Some(b) if !matches!(b, b'.' | 0 | b'\r' | b'\n'));
+        if !(crlf && ordinary_next) {
+            return lf;
+        }
+    }
+    rest.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,6 +362,62 @@ mod tests {
         let r = s.scan(input, &mut out);
         assert!(!out.ends_with(b"\r\n.\r\n"), "terminator sent: {out:?}");
         r.refused
+    }
+
+    /// Everything a scan reports, over `input` cut at `cuts`.
+    fn outcome(mut s: DataScanner, input: &[u8], cuts: &[usize]) -> (Vec<u8>, Vec<Scanned>, u32) {
+        let mut out = Vec::new();
+        let mut results = Vec::new();
+        let mut at = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
+            let cut = cut.clamp(at, input.len());
+            let r = s.scan(&input[at..cut], &mut out);
+            at += r.consumed;
+            let stop = r.ended || r.refused.is_some();
+            results.push(r);
+            if stop {
+                break;
+            }
+        }
+        (out, results, s.suspicious())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+        /// Copying ordinary lines whole (`clean_run`) changes nothing the
+        /// line-by-line path would do: same output, same results for every
+        /// read, same count, in both modes, whatever the cuts. The bytes
+        /// are drawn mostly from those the boundary rules are about.
+        #[test]
+        fn whole_line_copies_equal_the_line_by_line_path(
+            input in proptest::collection::vec(
+                proptest::sample::select(&b"\r\n\r\n.\x00xy"[..]), 0..300),
+            cuts in proptest::collection::vec(0usize..300, 0..6),
+            strict in proptest::bool::ANY,
+        ) {
+            let mode = if strict { BareNewline::Strict } else { BareNewline::Normal };
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let mut reference = DataScanner::new(mode);
+            reference.fast = false;
+            proptest::prop_assert_eq!(
+                outcome(DataScanner::new(mode), &input, &cuts),
+                outcome(reference, &input, &cuts)
+            );
+        }
+    }
+
+    #[test]
+    fn clean_run_stops_where_a_line_start_matters() {
+        assert_eq!(clean_run(b"ab\r\ncd\r\nef", false), 10);
+        assert_eq!(clean_run(b"ab\r\n.d", false), 3, "a dot starts the line");
+        assert_eq!(clean_run(b"ab\r\n\x00d", false), 3, "a NUL starts the line");
+        assert_eq!(clean_run(b"ab\r\n\r\n", false), 3, "an empty line");
+        assert_eq!(clean_run(b"ab\r\n\n", false), 3);
+        assert_eq!(clean_run(b"ab\ncd", false), 2, "a bare LF");
+        assert_eq!(clean_run(b"ab\r\n", false), 3, "what follows is unknown");
+        assert_eq!(clean_run(b"\nx", true), 2, "CR at the end of the last read");
+        assert_eq!(clean_run(b"\nx", false), 0);
     }
 
     #[test]
