@@ -194,6 +194,8 @@ const MAX_IN_FLIGHT: usize = 128;
 /// One read, into a buffer on the stack of the poll: no session keeps a
 /// read buffer while its peer is silent.
 const READ_BUF: usize = 16 * 1024;
+/// At most this much is read in one go while more is ready (`read_into`).
+const READ_BATCH: usize = 64 * 1024;
 /// Send buffers larger than this are freed once empty at a command boundary.
 const IDLE_BUF: usize = 4 * 1024;
 /// RFC 5321 §4.5.3.2.6: a server may take 10 minutes to answer the end of
@@ -1062,22 +1064,39 @@ impl Relay<'_> {
     }
 }
 
-/// Reads once from `r` into a stack buffer and hands the bytes to
-/// `received`; `Ok(0)` at end of stream.
+/// Reads from `r` into a stack buffer and hands the bytes to `received`;
+/// `Ok(0)` at end of stream. While a read fills the buffer it reads again,
+/// up to [`READ_BATCH`], as long as more is there at once: a burst of
+/// content then goes on to the backend in fewer, larger writes (each write
+/// is one trip through the TCP stack, on loopback the receiver's too).
+/// An end of stream or an error after some bytes is not reported with
+/// them: the bytes are handled first, and the next call meets the end of
+/// the stream (or the error, where the stream reports it again).
 pub(crate) async fn read_into<R: AsyncRead + Unpin>(
     r: &mut R,
     mut received: impl FnMut(&[u8]),
 ) -> std::io::Result<usize> {
+    use std::task::Poll;
     std::future::poll_fn(|cx| {
-        let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_BUF];
-        let mut buf = tokio::io::ReadBuf::uninit(&mut stack);
-        match std::pin::Pin::new(&mut *r).poll_read(cx, &mut buf) {
-            std::task::Poll::Ready(Ok(())) => {
-                received(buf.filled());
-                std::task::Poll::Ready(Ok(buf.filled().len()))
+        let mut total = 0;
+        loop {
+            let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_BUF];
+            let mut buf = tokio::io::ReadBuf::uninit(&mut stack);
+            match std::pin::Pin::new(&mut *r).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) => {
+                    let n = buf.filled().len();
+                    if n > 0 {
+                        received(buf.filled());
+                        total += n;
+                    }
+                    if n < READ_BUF || total >= READ_BATCH {
+                        return Poll::Ready(Ok(total));
+                    }
+                }
+                Poll::Ready(Err(e)) if total == 0 => return Poll::Ready(Err(e)),
+                Poll::Pending if total == 0 => return Poll::Pending,
+                Poll::Ready(Err(_)) | Poll::Pending => return Poll::Ready(Ok(total)),
             }
-            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
-            std::task::Poll::Pending => std::task::Poll::Pending,
         }
     })
     .await
@@ -1086,4 +1105,100 @@ pub(crate) async fn read_into<R: AsyncRead + Unpin>(
 async fn write_client<CW: AsyncWrite + Unpin>(cw: &mut CW, data: &[u8]) -> std::io::Result<()> {
     cw.write_all(data).await?;
     cw.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A stream that gives, poll by poll, what its script says.
+    struct Script(VecDeque<Poll<std::io::Result<Vec<u8>>>>);
+
+    impl AsyncRead for Script {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            match self.0.pop_front() {
+                Some(Poll::Ready(Ok(data))) => {
+                    buf.put_slice(&data);
+                    Poll::Ready(Ok(()))
+                }
+                Some(Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
+                Some(Poll::Pending) | None => Poll::Pending,
+            }
+        }
+    }
+
+    fn full(b: u8) -> Poll<std::io::Result<Vec<u8>>> {
+        Poll::Ready(Ok(vec![b; READ_BUF]))
+    }
+
+    /// One call of `read_into`, polled once: the bytes handed over and
+    /// its result (None: pending).
+    fn read_once(s: &mut Script) -> (Vec<u8>, Option<std::io::Result<usize>>) {
+        let mut got = Vec::new();
+        let res = {
+            let mut fut = std::pin::pin!(read_into(s, |d| got.extend_from_slice(d)));
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            match fut.as_mut().poll(&mut cx) {
+                Poll::Ready(r) => Some(r),
+                Poll::Pending => None,
+            }
+        };
+        (got, res)
+    }
+
+    #[test]
+    fn full_reads_are_batched_until_the_stream_has_no_more() {
+        let mut s = Script(VecDeque::from([
+            full(b'a'),
+            full(b'b'),
+            Poll::Pending,
+            full(b'c'),
+        ]));
+        let (got, res) = read_once(&mut s);
+        assert_eq!(res.map(|r| r.unwrap()), Some(2 * READ_BUF));
+        assert_eq!(&got[READ_BUF - 1..READ_BUF + 1], b"ab");
+        let (got, res) = read_once(&mut s);
+        assert_eq!(
+            (got.len(), res.map(|r| r.unwrap())),
+            (READ_BUF, Some(READ_BUF))
+        );
+    }
+
+    #[test]
+    fn a_short_read_or_the_batch_limit_ends_a_batch() {
+        let short = Poll::Ready(Ok(b"QUIT\r\n".to_vec()));
+        let mut s = Script(VecDeque::from([short, full(b'x')]));
+        assert_eq!(read_once(&mut s).1.map(|r| r.unwrap()), Some(6));
+        let mut s = Script((0..READ_BATCH / READ_BUF + 1).map(|_| full(b'x')).collect());
+        assert_eq!(read_once(&mut s).1.map(|r| r.unwrap()), Some(READ_BATCH));
+        assert_eq!(s.0.len(), 1, "read past the batch limit");
+    }
+
+    /// The end of the stream, or an error, after bytes: the bytes first,
+    /// then the end or the error on its own.
+    #[test]
+    fn the_end_or_an_error_after_bytes_comes_separately() {
+        let eof = || Poll::Ready(Ok(Vec::new()));
+        let mut s = Script(VecDeque::from([full(b'a'), eof(), eof()]));
+        assert_eq!(read_once(&mut s).1.map(|r| r.unwrap()), Some(READ_BUF));
+        assert_eq!(read_once(&mut s).1.map(|r| r.unwrap()), Some(0));
+        let reset = || Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into()));
+        let mut s = Script(VecDeque::from([full(b'a'), reset(), reset()]));
+        assert_eq!(read_once(&mut s).1.map(|r| r.unwrap()), Some(READ_BUF));
+        let (got, res) = read_once(&mut s);
+        assert!(got.is_empty());
+        assert_eq!(
+            res.map(|r| r.unwrap_err().kind()),
+            Some(std::io::ErrorKind::ConnectionReset)
+        );
+        let mut s = Script(VecDeque::from([Poll::Pending]));
+        assert!(read_once(&mut s).1.is_none());
+    }
 }

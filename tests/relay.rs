@@ -343,6 +343,42 @@ fn replies_still_reach_a_client_that_half_closed() {
     assert_eq!(c.reply(), "221 2.0.0 Bye\r\n");
 }
 
+/// A client that half-closes in the middle of its content can never end
+/// the message: the session ends at once, and the backend connection goes
+/// without a terminator (it keeps nothing), instead of both being held
+/// until the command timeout.
+#[test]
+fn a_client_closing_mid_content_ends_the_session_at_once() {
+    let b = FakeBackend::start(FakeBehaviour::Normal);
+    let proxy = Proxy::start(
+        ProxyConfig::servers(&[b.addr])
+            .append("\n[timeouts]\ncommand = \"120s\"\ndata = \"120s\"\n"),
+    );
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("220");
+    c.cmd("EHLO client.test", "250");
+    c.cmd("MAIL FROM:<a@sender.test>", "250");
+    c.cmd("RCPT TO:<b@example.test>", "250");
+    c.cmd("DATA", "354");
+    c.send_raw(b"Subject: cut\r\n\r\nhalf a mess");
+    let start = std::time::Instant::now();
+    c.shutdown_write();
+    let session = proxy.wait_log("session", 1);
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(10),
+        "the session lasted {:?} after the client closed",
+        start.elapsed()
+    );
+    assert_eq!(session["outcome"], "client_closed");
+    assert_eq!(session["messages"], 0);
+    let t = b.transcript();
+    assert!(t.contains("half a mess"), "{t:?}");
+    assert!(
+        !t.contains("\r\n.\r\n"),
+        "a terminator reached the backend: {t:?}"
+    );
+}
+
 #[test]
 fn proxy_v1_header_precedes_everything_the_backend_reads() {
     let b = FakeBackend::start(FakeBehaviour::Normal);
