@@ -1348,8 +1348,19 @@ impl DnsServer {
             .spawn()
             .expect("dnsmasq (Debian's dnsmasq-base, installed by scripts/install-test-deps.sh)");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        // Ready once it answers over TCP (and is still running: a
-        // connection could reach whoever took the port instead).
+        // Ready once it answers a DNS query over UDP, as the tests ask
+        // theirs: a TCP connection is accepted by the kernel as soon as
+        // dnsmasq listens, before it serves anything, and may reach
+        // whoever took the port instead. dnsmasq binds UDP, then TCP, then
+        // serves, so an answer means both are its own. The query is sent
+        // again after each wait without answer: one sent before the socket
+        // was bound is lost.
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        probe
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let id = port.to_be_bytes();
+        let query = Self::readiness_query(id, zones.first().copied().unwrap_or(""));
         let deadline = Instant::now() + TIMEOUT;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -1362,12 +1373,36 @@ impl DnsServer {
                 }
                 panic!("dnsmasq exited with {status}: {err}");
             }
-            if TcpStream::connect(addr).is_ok() && matches!(child.try_wait(), Ok(None)) {
-                return Some(DnsServer { child, addr });
+            assert!(
+                Instant::now() < deadline,
+                "dnsmasq did not answer a query within {TIMEOUT:?}"
+            );
+            probe.send_to(&query, addr).unwrap();
+            let mut buf = [0u8; 512];
+            // Not connected: a query sent too early is lost silently, and
+            // the read times out instead of failing at once.
+            while let Ok((n, from)) = probe.recv_from(&mut buf) {
+                // The response (QR set) to this query, from the server.
+                if from == addr && n >= 12 && buf[..2] == id && buf[2] & 0x80 != 0 {
+                    return Some(DnsServer { child, addr });
+                }
             }
-            assert!(Instant::now() < deadline, "dnsmasq did not start");
-            std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// A DNS query (id `id`, one question: SOA of `zone`, class IN) that
+    /// dnsmasq answers from its configuration, with records or NXDOMAIN.
+    fn readiness_query(id: [u8; 2], zone: &str) -> Vec<u8> {
+        let mut q = id.to_vec();
+        // RD; one question, no other records.
+        q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+        for label in zone.split('.').filter(|l| !l.is_empty()) {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        // Root label, QTYPE SOA (6), QCLASS IN (1).
+        q.extend_from_slice(&[0, 0, 6, 0, 1]);
+        q
     }
 }
 
