@@ -256,6 +256,89 @@ async fn a_silent_server_times_out_within_the_budget() {
 }
 
 #[tokio::test]
+async fn a_lost_query_is_sent_again_within_the_budget() {
+    // The first datagram is dropped, as a loaded or just-started server
+    // (or the network) may do; one UDP attempt would wait out the budget.
+    let server = LossyServer::start(1).await;
+    let d = Dns::new(Some(server.addr), Duration::from_secs(3)).unwrap();
+    let start = Instant::now();
+    let answer = d.txt("lossy.example.test").await;
+    assert_eq!(
+        answer,
+        Ok(Answer::Records {
+            records: vec!["second time lucky".to_string()],
+            authenticated: false
+        })
+    );
+    assert_eq!(server.queries(), 2, "the lost query is sent once more");
+    // Resent after waiting about a second, not sprayed at once.
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+}
+
+/// A UDP responder that ignores its first `drop` queries and answers
+/// each later one with a TXT record; counts every query it received.
+struct LossyServer {
+    addr: SocketAddr,
+    queries: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LossyServer {
+    async fn start(drop: usize) -> LossyServer {
+        use hickory_resolver::proto::op::{Message, MessageType};
+        use hickory_resolver::proto::rr::rdata::TXT;
+        use hickory_resolver::proto::rr::{RData, Record};
+        use std::sync::atomic::Ordering;
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let queries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = queries.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            loop {
+                let (n, peer) = socket.recv_from(&mut buf).await.unwrap();
+                if counter.fetch_add(1, Ordering::SeqCst) < drop {
+                    continue;
+                }
+                let query = Message::from_vec(&buf[..n]).unwrap();
+                let mut reply = Message::new();
+                reply
+                    .set_id(query.id())
+                    .set_message_type(MessageType::Response)
+                    .set_recursion_desired(true)
+                    .set_recursion_available(true)
+                    .add_queries(query.queries().to_vec());
+                reply.add_answer(Record::from_rdata(
+                    query.queries()[0].name().clone(),
+                    300,
+                    RData::TXT(TXT::new(vec!["second time lucky".to_string()])),
+                ));
+                socket
+                    .send_to(&reply.to_vec().unwrap(), peer)
+                    .await
+                    .unwrap();
+            }
+        });
+        LossyServer {
+            addr,
+            queries,
+            task,
+        }
+    }
+
+    fn queries(&self) -> usize {
+        self.queries.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for LossyServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
 async fn the_authenticated_bit_is_asked_for_and_reported() {
     let server = AdServer::start().await;
     let d = Dns::new(Some(server.addr), Duration::from_secs(3)).unwrap();

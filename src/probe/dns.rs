@@ -21,22 +21,31 @@
 //! byte payload. No search domains: every name is absolute. Records are
 //! taken from the answer section by type, so a CNAME chain the resolver
 //! followed is transparent. Each query has one deadline, UDP and TCP
-//! fallback included.
+//! fallback included. hickory's pool sends one UDP datagram per request
+//! and waits for its answer until the deadline, so a lost datagram (or a
+//! server that dropped it) would cost the whole budget: like stub
+//! resolvers do, the query is sent again, after 1 s and then after twice
+//! the previous interval, each time with a new id and source port, and the
+//! first attempt to finish decides (RFC 1035 §4.2.1, RFC 1536 §1).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
 use hickory_resolver::config::{
     NameServerConfig, NameServerConfigGroup, ResolverOpts, ServerOrderingStrategy,
 };
 use hickory_resolver::name_server::{NameServerPool, TokioConnectionProvider};
-use hickory_resolver::proto::ProtoErrorKind;
 use hickory_resolver::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
+use hickory_resolver::proto::xfer::DnsResponse;
 use hickory_resolver::proto::xfer::{
     DnsHandle, DnsRequest, DnsRequestOptions, FirstAnswer, Protocol,
 };
+use hickory_resolver::proto::{ProtoError, ProtoErrorKind};
 
 use super::dane::TlsaRecord;
 
@@ -44,6 +53,9 @@ use super::dane::TlsaRecord;
 const EDNS_PAYLOAD: u16 = 1232;
 /// At most this many PTR names are forward-checked.
 const MAX_PTR_NAMES: usize = 8;
+/// An unanswered query is sent again after this long (or after a third of
+/// the timeout, if that is shorter), then after twice the previous wait.
+const RETRANSMIT_AFTER: Duration = Duration::from_secs(1);
 
 /// What a server answered for one name and type.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -355,16 +367,21 @@ impl Dns {
     /// `rtype`, or why there are none.
     async fn query(&self, name: &Name, rtype: RecordType) -> Result<Answer<RData>, DnsError> {
         let what = format!("{rtype} {name}");
-        let sent = self.pool.send(request(name, rtype)).first_answer();
-        let response = match tokio::time::timeout(self.timeout, sent).await {
-            Err(_) => {
+        let response = match self.exchange(name, rtype).await {
+            None => {
                 return Err(DnsError::Timeout {
                     query: what,
                     timeout: self.timeout,
                 });
             }
-            Ok(Err(e)) => return negative(e.kind(), what),
-            Ok(Ok(r)) => r,
+            Some(Err(detail)) => {
+                return Err(DnsError::Failed {
+                    query: what,
+                    detail,
+                });
+            }
+            Some(Ok(Err(e))) => return negative(e.kind(), what),
+            Some(Ok(Ok(r))) => r,
         };
         let records: Vec<RData> = response
             .answers()
@@ -387,6 +404,51 @@ impl Dns {
             }
         })
     }
+
+    /// Sends the query through the pool, again after each retransmission
+    /// interval while none has finished, until the deadline: the result of
+    /// the first attempt to finish, `None` when none did in time, or
+    /// `Some(Err)` when an attempt's task died (it is not expected to).
+    /// The attempts still running are dropped with the `JoinSet`.
+    async fn exchange(
+        &self,
+        name: &Name,
+        rtype: RecordType,
+    ) -> Option<Result<Result<DnsResponse, ProtoError>, String>> {
+        let start = Instant::now();
+        let deadline = start + self.timeout;
+        let mut wait = retransmit_after(self.timeout);
+        let mut next = start;
+        let mut attempts = JoinSet::new();
+        loop {
+            if next < deadline && Instant::now() >= next {
+                attempts.spawn(self.pool.send(request(name, rtype)).first_answer());
+                next += wait;
+                wait = wait.saturating_mul(2);
+            }
+            tokio::select! {
+                done = attempts.join_next() => return match done {
+                    Some(Ok(result)) => Some(Ok(result)),
+                    Some(Err(e)) => Some(Err(e.to_string())),
+                    None => None,
+                },
+                () = tokio::time::sleep_until(next.min(deadline)) => {
+                    if Instant::now() >= deadline {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The first wait before a query is sent again: `RETRANSMIT_AFTER`, or a
+/// third of `timeout` when that is shorter, so that even a short budget
+/// has room for a retransmission (never less than a millisecond).
+fn retransmit_after(timeout: Duration) -> Duration {
+    RETRANSMIT_AFTER
+        .min(timeout / 3)
+        .max(Duration::from_millis(1))
 }
 
 /// A recursive query for `name`/`rtype` asking for the AD bit.
