@@ -1290,6 +1290,10 @@ pub struct DnsServer {
     pub addr: SocketAddr,
 }
 
+/// Where each `DnsServer` publishes its nonce (a TXT record), outside
+/// every zone the tests use (RFC 2606 `.invalid`).
+const READY_NAME: &str = "dnsserver-ready.invalid";
+
 impl DnsServer {
     pub fn start(records: &[&str]) -> DnsServer {
         Self::with_zones(&["sender.test", "113.0.203.in-addr.arpa"], records)
@@ -1326,7 +1330,11 @@ impl DnsServer {
 
     /// `None` when the port was taken in the meantime.
     fn try_start(zones: &[&str], records: &[&str]) -> Option<DnsServer> {
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let port = Self::free_port();
+        // Unique to this dnsmasq: the readiness answer must carry it.
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nonce = format!("{}-{port}-{n}", std::process::id());
         let mut child = Command::new("dnsmasq")
             .args([
                 "--keep-in-foreground",
@@ -1342,6 +1350,7 @@ impl DnsServer {
             ])
             .args(zones.iter().map(|z| format!("--local=/{z}/")))
             .arg(format!("--port={port}"))
+            .arg(format!("--txt-record={READY_NAME},{nonce}"))
             .args(records)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -1349,18 +1358,21 @@ impl DnsServer {
             .expect("dnsmasq (Debian's dnsmasq-base, installed by scripts/install-test-deps.sh)");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         // Ready once it answers a DNS query over UDP, as the tests ask
-        // theirs: a TCP connection is accepted by the kernel as soon as
-        // dnsmasq listens, before it serves anything, and may reach
-        // whoever took the port instead. dnsmasq binds UDP, then TCP, then
-        // serves, so an answer means both are its own. The query is sent
-        // again after each wait without answer: one sent before the socket
-        // was bound is lost.
+        // theirs, with its own nonce: a TCP connection is accepted by the
+        // kernel as soon as dnsmasq listens, before it serves anything,
+        // and any answer may come from another dnsmasq. Two tests can be
+        // handed the same free port, and dnsmasq binds UDP with
+        // SO_REUSEADDR, so the second one shares the first one's UDP port
+        // until its TCP bind fails and it exits ("in use", below). dnsmasq
+        // binds UDP, then TCP, then serves: its own answer means both
+        // sockets are its own. The query is sent again after each wait
+        // without answer: one sent before the socket was bound is lost.
         let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         probe
             .set_read_timeout(Some(Duration::from_millis(20)))
             .unwrap();
         let id = port.to_be_bytes();
-        let query = Self::readiness_query(id, zones.first().copied().unwrap_or(""));
+        let query = Self::readiness_query(id);
         let deadline = Instant::now() + TIMEOUT;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -1382,26 +1394,32 @@ impl DnsServer {
             // Not connected: a query sent too early is lost silently, and
             // the read times out instead of failing at once.
             while let Ok((n, from)) = probe.recv_from(&mut buf) {
-                // The response (QR set) to this query, from the server.
-                if from == addr && n >= 12 && buf[..2] == id && buf[2] & 0x80 != 0 {
+                // The response (QR set) to this query, with the nonce.
+                let answer = &buf[..n];
+                if from == addr
+                    && n >= 12
+                    && answer[..2] == id
+                    && answer[2] & 0x80 != 0
+                    && answer.windows(nonce.len()).any(|w| w == nonce.as_bytes())
+                {
                     return Some(DnsServer { child, addr });
                 }
             }
         }
     }
 
-    /// A DNS query (id `id`, one question: SOA of `zone`, class IN) that
-    /// dnsmasq answers from its configuration, with records or NXDOMAIN.
-    fn readiness_query(id: [u8; 2], zone: &str) -> Vec<u8> {
+    /// A DNS query (id `id`, one question: TXT of `READY_NAME`, class IN),
+    /// which dnsmasq answers with the nonce it was given.
+    fn readiness_query(id: [u8; 2]) -> Vec<u8> {
         let mut q = id.to_vec();
         // RD; one question, no other records.
         q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-        for label in zone.split('.').filter(|l| !l.is_empty()) {
+        for label in READY_NAME.split('.') {
             q.push(label.len() as u8);
             q.extend_from_slice(label.as_bytes());
         }
-        // Root label, QTYPE SOA (6), QCLASS IN (1).
-        q.extend_from_slice(&[0, 0, 6, 0, 1]);
+        // Root label, QTYPE TXT (16), QCLASS IN (1).
+        q.extend_from_slice(&[0, 0, 16, 0, 1]);
         q
     }
 }
