@@ -655,6 +655,17 @@ mod tests {
     }
 
     #[test]
+    fn a_query_is_resent_after_a_second_or_a_third_of_a_shorter_budget() {
+        assert_eq!(retransmit_after(Duration::from_secs(3)), RETRANSMIT_AFTER);
+        assert_eq!(retransmit_after(Duration::from_secs(30)), RETRANSMIT_AFTER);
+        assert_eq!(
+            retransmit_after(Duration::from_millis(600)),
+            Duration::from_millis(200)
+        );
+        assert_eq!(retransmit_after(Duration::ZERO), Duration::from_millis(1));
+    }
+
+    #[test]
     fn names_are_absolute_and_printed_without_the_dot() {
         let n = fqdn("Mx1.Example.Test").unwrap();
         assert!(n.is_fqdn());
