@@ -421,9 +421,11 @@ impl Dns {
         let mut next = start;
         let mut attempts = JoinSet::new();
         loop {
-            if next < deadline && Instant::now() >= next {
+            let now = Instant::now();
+            if next < deadline && now >= next {
                 attempts.spawn(self.pool.send(request(name, rtype)).first_answer());
-                next += wait;
+                // From this send: a stalled runtime does not send a burst.
+                next = now + wait;
                 wait = wait.saturating_mul(2);
             }
             tokio::select! {
