@@ -22,6 +22,11 @@
 #                           server's core busy anyway; the busy % rows show it)
 #   CPU per handshake       server CPU time (utime+stime of its process tree,
 #                           /proc/PID/stat) over the run ÷ handshakes completed
+#   delivered sessions      STARTTLS, one 4 KiB message, QUIT (ECDSA, TLS 1.3 and 1.2):
+#                           sessions/s and server CPU per session; every server
+#                           reaches the backend in these (nginx does not in a
+#                           handshake-only session); plus smtp-sink's CPU per
+#                           plaintext session reached directly
 #   messages/s, CPU per MiB 8 sessions × 1 MiB messages, 64 sessions × 4 KiB
 #   RSS per idle session    (VmRSS held − VmRSS before) ÷ IDLE_SESSIONS, after
 #                           STARTTLS and EHLO; and VmRSS after they close
@@ -324,6 +329,13 @@ for round in $(seq "$R"); do
       measure "$t.r$round.hs_ecdsa_$v" handshake --target "127.0.0.1:$port" --tls "$v" \
         --sigalgs ecdsa --concurrency "$HS_CONCURRENCY" --duration "$HS_DURATION"
     done
+    # Delivered sessions: STARTTLS, one 4 KiB message, QUIT. Every server
+    # reaches the backend here (nginx only at MAIL, the proxy after the
+    # handshake), so this is the handshake cost a real delivery pays.
+    for v in 1.3 1.2; do
+      measure "$t.r$round.session_ecdsa_$v" message --target "127.0.0.1:$port" --tls "$v" \
+        --sigalgs ecdsa --concurrency "$HS_CONCURRENCY" --size 4096 --messages 1 --duration "$HS_DURATION"
+    done
     measure "$t.r$round.msg_1m" message --target "127.0.0.1:$port" --concurrency 8 \
       --size 1048576 --messages 20 --duration "$MSG_DURATION"
     measure "$t.r$round.msg_4k" message --target "127.0.0.1:$port" --concurrency 64 \
@@ -343,6 +355,10 @@ for round in $(seq "$R"); do
   done
   log "round $round/$R: smtp-sink directly (plaintext)"
   SERVER_PID=$SINK_PID
+  # The same delivered session in plaintext: smtp-sink's own CPU per session
+  # is what serving one SMTP connection costs on this kernel, TLS aside.
+  measure "direct.r$round.session" message --target "127.0.0.1:$SINK_PORT" --plain \
+    --concurrency "$HS_CONCURRENCY" --size 4096 --messages 1 --duration "$HS_DURATION"
   measure "direct.r$round.msg_4k" message --target "127.0.0.1:$SINK_PORT" --plain \
     --concurrency 64 --size 4096 --messages 100 --duration "$MSG_DURATION"
   measure "direct.r$round.msg_4k_paced" message --target "127.0.0.1:$SINK_PORT" --plain \
@@ -411,6 +427,10 @@ for k, kt in (("ecdsa", "ECDSA"), ("rsa", "RSA")):
 for k, kt in (("ecdsa", "ECDSA"), ("rsa", "RSA")):
     for v in ("1.3", "1.2"):
         figures.append((f"cpu_hs_{k}_{v}", f"server CPU per handshake {kt} TLS {v}", "µs", cpu_hs(f"hs_{k}_{v}"), False))
+for v in ("1.3", "1.2"):
+    figures.append((f"session_ecdsa_{v}", f"delivered sessions/s (STARTTLS, one 4 KiB message) ECDSA TLS {v}", "/s", rate(f"session_ecdsa_{v}"), True))
+for v in ("1.3", "1.2"):
+    figures.append((f"cpu_session_ecdsa_{v}", f"server CPU per delivered session ECDSA TLS {v}", "µs", cpu_hs(f"session_ecdsa_{v}"), False))
 def busy(kind):
     return lambda t, r: (x := get(t, r, kind)) and x["server_cpu_s"] / x["elapsed_s"] * 100
 for k, kt in (("ecdsa", "ECDSA"), ("rsa", "RSA")):
@@ -489,6 +509,11 @@ if crypto["rsa2048_sign_per_s"] and crypto["x25519_per_s"]:
     crypto["rsa_tls13_floor_us"] = 1e6 / crypto["rsa2048_sign_per_s"] + 1e6 / crypto["x25519_per_s"]
 result["crypto_ceiling"] = crypto
 
+# smtp-sink's CPU per plaintext delivered session (it runs on the generator's
+# core; CPU time compares anyway): the TCP and SMTP cost of one connection.
+sink_session = [x["server_cpu_s"] / x["completed"] * 1e6 for r in range(1, R + 1)
+                if (x := runs.get(f"direct.r{r}.session")) and x["completed"]]
+result["sink_cpu_per_plain_session_us"] = statistics.median(sink_session) if sink_session else None
 errors = {t: [errs(t, r) for r in range(1, R + 1)] for t in targets}
 result["errors_per_round"] = errors
 hdr = ["figure"] + targets + [f"proxy/{o}" for o in others if "proxy" in targets]
@@ -509,6 +534,9 @@ md.append("Crypto ceiling (openssl speed -seconds 3, core %s): P-256 sign %s/s, 
           scpu, fmt(crypto["p256_sign_per_s"], "/s"), fmt(crypto["rsa2048_sign_per_s"], "/s"),
           fmt(crypto["x25519_per_s"], "/s"), fmt(crypto.get("ecdsa_tls13_floor_us"), "µs"),
           fmt(crypto.get("rsa_tls13_floor_us"), "µs")))
+md.append("")
+md.append("smtp-sink's own CPU per plaintext delivered session (connect, EHLO, one 4 KiB message, QUIT; "
+          "reached directly): %s µs." % fmt(result["sink_cpu_per_plain_session_us"], "µs"))
 md.append("")
 md.append("Errors per round: " + "; ".join(f"{t} {e}" for t, e in errors.items()) +
           ("" if not any(sum(e) for e in errors.values()) else "  (**runs with errors: see the JSON**)"))
