@@ -152,21 +152,25 @@ impl DataScanner {
                 }
                 continue;
             }
+            // Where the next LF is, when already known.
+            let mut at_lf = None;
             if self.fast {
-                // Mid-line: whole ordinary lines go on in one piece.
+                // Mid-line: whole ordinary lines go on in one piece, up
+                // to an LF the line-by-line path must see (or the end).
                 let n = clean_run(&input[i..], self.prev_cr);
                 if n > 0 {
                     out.extend_from_slice(&input[i..i + n]);
                     i += n;
                     self.prev_cr = input[i - 1] == b'\r';
-                    if i == input.len() {
-                        break;
-                    }
                 }
+                if i == input.len() {
+                    break;
+                }
+                at_lf = Some(0);
             }
             // Mid-line: copy the run up to the next LF in one piece.
             let rest = &input[i..];
-            let Some(lf) = memchr::memchr(b'\n', rest) else {
+            let Some(lf) = at_lf.or_else(|| memchr::memchr(b'\n', rest)) else {
                 out.extend_from_slice(rest);
                 self.prev_cr = rest.last() == Some(&b'\r');
                 return Scanned::more(input.len());
