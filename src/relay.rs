@@ -195,7 +195,11 @@ const MAX_IN_FLIGHT: usize = 128;
 /// read buffer while its peer is silent.
 const READ_BUF: usize = 16 * 1024;
 /// At most this much is read in one go while more is ready (`read_into`).
-const READ_BATCH: usize = 64 * 1024;
+/// Measured at 8 × 1 MiB (server CPU per MiB, medians of 8 alternated
+/// runs): 16 KiB (no batching) 1.44 ms, 32 KiB 1.26 ms, 64 KiB 1.48 ms;
+/// 64 KiB writes meet a full loopback window more often. A session in
+/// the middle of content holds about twice this (read and send buffers).
+const READ_BATCH: usize = 32 * 1024;
 /// Send buffers larger than this are freed once empty at a command boundary.
 const IDLE_BUF: usize = 4 * 1024;
 /// RFC 5321 §4.5.3.2.6: a server may take 10 minutes to answer the end of
@@ -1182,20 +1186,15 @@ mod tests {
 
     #[test]
     fn full_reads_are_batched_until_the_stream_has_no_more() {
-        let mut s = Script(VecDeque::from([
-            full(b'a'),
-            full(b'b'),
-            Poll::Pending,
-            full(b'c'),
-        ]));
+        let tail = || Poll::Ready(Ok(b"xy".to_vec()));
+        let mut s = Script(VecDeque::from([full(b'a'), tail(), Poll::Pending, tail()]));
         let (got, res) = read_once(&mut s);
-        assert_eq!(res.map(|r| r.unwrap()), Some(2 * READ_BUF));
-        assert_eq!(&got[READ_BUF - 1..READ_BUF + 1], b"ab");
+        assert_eq!(res.map(|r| r.unwrap()), Some(READ_BUF + 2));
+        assert_eq!(&got[READ_BUF - 1..], b"axy");
         let (got, res) = read_once(&mut s);
-        assert_eq!(
-            (got.len(), res.map(|r| r.unwrap())),
-            (READ_BUF, Some(READ_BUF))
-        );
+        assert_eq!((got.len(), res.is_none()), (0, true), "pending");
+        let (got, res) = read_once(&mut s);
+        assert_eq!((got, res.map(|r| r.unwrap())), (b"xy".to_vec(), Some(2)));
     }
 
     #[test]
