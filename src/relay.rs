@@ -233,6 +233,8 @@ impl Closing for tokio::net::TcpStream {
     fn hold_until_shutdown(&self) {
         // TCP_CORK: the kernel sends the held bytes with the FIN that
         // `shutdown` (or, if it never comes, `close`) queues behind them.
+        // Linux only; elsewhere they go apart, as before.
+        #[cfg(any(target_os = "linux", target_os = "android"))]
         let _ = rustix::net::sockopt::set_tcp_cork(self, true);
     }
 }
@@ -398,6 +400,8 @@ impl Relay<'_> {
         // line is idle.
         let mut last_activity = Instant::now();
         let mut client_eof = false;
+        // A read error that came after some bytes, for the next read.
+        let (mut client_deferred, mut backend_deferred) = (None, None);
         // Set when shutdown begins: the session ends at the next command
         // boundary, and at this instant whatever it is doing.
         let mut drain_deadline: Option<Instant> = None;
@@ -479,7 +483,7 @@ impl Relay<'_> {
                     Instant::min,
                 );
             tokio::select! {
-                res = read_into(cr, |data| self.codec.push(data)), if read_client => match res {
+                res = read_into(cr, &mut client_deferred, |data| self.codec.push(data)), if read_client => match res {
                     // The client may half-close after pipelining its last
                     // commands: their replies are still owed to it.
                     Ok(0) if self.in_flight.is_empty() => return RelayEnd::ClientClosed,
@@ -490,7 +494,7 @@ impl Relay<'_> {
                         return RelayEnd::ClientError;
                     }
                 },
-                res = read_into(br, |data| self.parser.push(data)) => match res {
+                res = read_into(br, &mut backend_deferred, |data| self.parser.push(data)) => match res {
                     Ok(0) => {
                         warn!(server = %self.server, "backend closed the connection");
                         return self.fail(cw, reply::BACKEND_LOST, RelayEnd::BackendLost).await;
@@ -595,13 +599,14 @@ impl Relay<'_> {
             };
             if let Some(error) = failure {
                 warn!(server = %self.server, %error, "backend write failed");
+                // Queued after the replies already due; `relay` writes
+                // them all with the close (written here too, they went
+                // out twice).
                 self.to_client.extend_from_slice(
                     reply::BACKEND_LOST
                         .render(&self.settings.hostname)
                         .as_bytes(),
                 );
-                let _ =
-                    tokio::time::timeout(CLOSE_TIMEOUT, write_client(cw, &self.to_client)).await;
                 return Err(RelayEnd::BackendLost);
             }
             self.stats.bytes_in += self.to_backend.len() as u64;
@@ -1100,14 +1105,18 @@ impl Relay<'_> {
 /// up to [`READ_BATCH`], as long as more is there at once: a burst of
 /// content then goes on to the backend in fewer, larger writes (each write
 /// is one trip through the TCP stack, on loopback the receiver's too).
-/// An end of stream or an error after some bytes is not reported with
-/// them: the bytes are handled first, and the next call meets the end of
-/// the stream (or the error, where the stream reports it again).
+/// An error after some bytes is kept in `deferred` and returned by the
+/// next call (a TCP socket reports a reset once), so the bytes before it
+/// are handled first; an end of stream after bytes is met again anyway.
 pub(crate) async fn read_into<R: AsyncRead + Unpin>(
     r: &mut R,
+    deferred: &mut Option<std::io::Error>,
     mut received: impl FnMut(&[u8]),
 ) -> std::io::Result<usize> {
     use std::task::Poll;
+    if let Some(e) = deferred.take() {
+        return Err(e);
+    }
     std::future::poll_fn(|cx| {
         let mut total = 0;
         loop {
@@ -1125,8 +1134,12 @@ pub(crate) async fn read_into<R: AsyncRead + Unpin>(
                     }
                 }
                 Poll::Ready(Err(e)) if total == 0 => return Poll::Ready(Err(e)),
+                Poll::Ready(Err(e)) => {
+                    *deferred = Some(e);
+                    return Poll::Ready(Ok(total));
+                }
                 Poll::Pending if total == 0 => return Poll::Pending,
-                Poll::Ready(Err(_)) | Poll::Pending => return Poll::Ready(Ok(total)),
+                Poll::Pending => return Poll::Ready(Ok(total)),
             }
         }
     })
@@ -1170,11 +1183,14 @@ mod tests {
     }
 
     /// One call of `read_into`, polled once: the bytes handed over and
-    /// its result (None: pending).
-    fn read_once(s: &mut Script) -> (Vec<u8>, Option<std::io::Result<usize>>) {
+    /// its result (None: pending). `deferred` carries over between calls.
+    fn read_once(
+        s: &mut Script,
+        deferred: &mut Option<std::io::Error>,
+    ) -> (Vec<u8>, Option<std::io::Result<usize>>) {
         let mut got = Vec::new();
         let res = {
-            let mut fut = std::pin::pin!(read_into(s, |d| got.extend_from_slice(d)));
+            let mut fut = std::pin::pin!(read_into(s, deferred, |d| got.extend_from_slice(d)));
             let mut cx = Context::from_waker(std::task::Waker::noop());
             match fut.as_mut().poll(&mut cx) {
                 Poll::Ready(r) => Some(r),
@@ -1186,45 +1202,63 @@ mod tests {
 
     #[test]
     fn full_reads_are_batched_until_the_stream_has_no_more() {
+        let mut d = None;
         let tail = || Poll::Ready(Ok(b"xy".to_vec()));
         let mut s = Script(VecDeque::from([full(b'a'), tail(), Poll::Pending, tail()]));
-        let (got, res) = read_once(&mut s);
+        let (got, res) = read_once(&mut s, &mut d);
         assert_eq!(res.map(|r| r.unwrap()), Some(READ_BUF + 2));
         assert_eq!(&got[READ_BUF - 1..], b"axy");
-        let (got, res) = read_once(&mut s);
+        let (got, res) = read_once(&mut s, &mut d);
         assert_eq!((got.len(), res.is_none()), (0, true), "pending");
-        let (got, res) = read_once(&mut s);
+        let (got, res) = read_once(&mut s, &mut d);
         assert_eq!((got, res.map(|r| r.unwrap())), (b"xy".to_vec(), Some(2)));
     }
 
     #[test]
     fn a_short_read_or_the_batch_limit_ends_a_batch() {
+        let mut d = None;
         let short = Poll::Ready(Ok(b"QUIT\r\n".to_vec()));
         let mut s = Script(VecDeque::from([short, full(b'x')]));
-        assert_eq!(read_once(&mut s).1.map(|r| r.unwrap()), Some(6));
+        assert_eq!(read_once(&mut s, &mut d).1.map(|r| r.unwrap()), Some(6));
         let mut s = Script((0..READ_BATCH / READ_BUF + 1).map(|_| full(b'x')).collect());
-        assert_eq!(read_once(&mut s).1.map(|r| r.unwrap()), Some(READ_BATCH));
+        assert_eq!(
+            read_once(&mut s, &mut d).1.map(|r| r.unwrap()),
+            Some(READ_BATCH)
+        );
         assert_eq!(s.0.len(), 1, "read past the batch limit");
     }
 
     /// The end of the stream, or an error, after bytes: the bytes first,
-    /// then the end or the error on its own.
+    /// then the end or the error on its own, the error even from a stream
+    /// that reports it only once (as a TCP socket reports a reset).
     #[test]
     fn the_end_or_an_error_after_bytes_comes_separately() {
+        let mut d = None;
         let eof = || Poll::Ready(Ok(Vec::new()));
         let mut s = Script(VecDeque::from([full(b'a'), eof(), eof()]));
-        assert_eq!(read_once(&mut s).1.map(|r| r.unwrap()), Some(READ_BUF));
-        assert_eq!(read_once(&mut s).1.map(|r| r.unwrap()), Some(0));
+        assert_eq!(
+            read_once(&mut s, &mut d).1.map(|r| r.unwrap()),
+            Some(READ_BUF)
+        );
+        assert_eq!(read_once(&mut s, &mut d).1.map(|r| r.unwrap()), Some(0));
         let reset = || Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into()));
-        let mut s = Script(VecDeque::from([full(b'a'), reset(), reset()]));
-        assert_eq!(read_once(&mut s).1.map(|r| r.unwrap()), Some(READ_BUF));
-        let (got, res) = read_once(&mut s);
+        let mut s = Script(VecDeque::from([full(b'a'), reset(), full(b'b')]));
+        assert_eq!(
+            read_once(&mut s, &mut d).1.map(|r| r.unwrap()),
+            Some(READ_BUF)
+        );
+        let (got, res) = read_once(&mut s, &mut d);
         assert!(got.is_empty());
         assert_eq!(
             res.map(|r| r.unwrap_err().kind()),
             Some(std::io::ErrorKind::ConnectionReset)
         );
+        assert_eq!(
+            read_once(&mut s, &mut d).0,
+            vec![b'b'; READ_BUF],
+            "in order"
+        );
         let mut s = Script(VecDeque::from([Poll::Pending]));
-        assert!(read_once(&mut s).1.is_none());
+        assert!(read_once(&mut s, &mut d).1.is_none());
     }
 }

@@ -250,6 +250,8 @@ async fn pre_tls(
     let mut dialogue = PreTlsDialogue::new(host, ctx.tls_policy, ctx.limits.max_errors)
         .with_extensions(crate::backend::health::common_extensions(&views));
     let mut codec = LineCodec::new(ctx.limits.line_length);
+    // A read error after some bytes, for the next read (`read_into`).
+    let mut deferred = None;
     if write(ctx, &mut tcp, dialogue.greeting().as_bytes())
         .await
         .is_err()
@@ -349,7 +351,7 @@ async fn pre_tls(
         let deadline = (last_line + ctx.command_timeout()).min(session_deadline);
         tokio::select! {
             Ok(()) = stress.changed() => continue,
-            res = tokio::time::timeout_at(deadline, crate::relay::read_into(&mut tcp, |data| codec.push(data))) => match res {
+            res = tokio::time::timeout_at(deadline, crate::relay::read_into(&mut tcp, &mut deferred, |data| codec.push(data))) => match res {
                 Err(_) => {
                     let _ = write(ctx, &mut tcp, reply::TIMEOUT.render(host).as_bytes()).await;
                     log_plain_end(peer, &dialogue, "timeout");

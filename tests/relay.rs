@@ -145,6 +145,50 @@ fn backend_dropping_mid_data_gives_421_not_250() {
     assert_eq!(s["messages"], 0);
 }
 
+/// The backend goes away while content is still being written to it: the
+/// client gets one 421, once (the reply is not queued again for the
+/// close), and nothing else.
+#[test]
+fn a_backend_write_failure_mid_content_gives_one_421() {
+    use std::io::{Read, Write};
+    let b = FakeBackend::start(FakeBehaviour::DropInData);
+    let proxy = Proxy::start(ProxyConfig::servers(&[b.addr]));
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("220");
+    c.cmd("EHLO client.test", "250");
+    c.cmd("MAIL FROM:<a@sender.test>", "250");
+    c.cmd("RCPT TO:<b@example.test>", "250");
+    c.cmd("DATA", "354");
+    let mut tcp = c.into_tcp();
+    tcp.set_write_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let line = format!("{}\r\n", "x".repeat(76));
+    let block = line.repeat(64 * 1024 / line.len());
+    // Until the proxy stops reading (it has given up on the backend).
+    for _ in 0..256 {
+        if tcp.write_all(block.as_bytes()).is_err() {
+            break;
+        }
+    }
+    let _ = tcp.shutdown(std::net::Shutdown::Write);
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tcp.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let got = String::from_utf8_lossy(&got);
+    assert_eq!(got.matches("421 ").count(), 1, "{got:?}");
+    assert!(got.starts_with("421 4.4.2 mx1.example.test"), "{got:?}");
+    let s = proxy.wait_log("session", 1);
+    assert_eq!(s["outcome"], "backend_lost");
+    assert_eq!(s["messages"], 0);
+}
+
 #[test]
 fn pipelined_transaction_replies_stay_in_order() {
     let b = FakeBackend::start(FakeBehaviour::Normal);
