@@ -24,6 +24,21 @@ fn codec(c: &mut Criterion) {
             n
         })
     });
+    // One 32 KiB read (a read batch) of short command lines, all taken
+    // out: the cost per line must not grow with what is left behind it.
+    let flood = b"NOOP\r\n".repeat(32 * 1024 / 6);
+    g.throughput(Throughput::Bytes(flood.len() as u64));
+    g.bench_function("noop_flood_32k_read", |b| {
+        let mut codec = LineCodec::new(4096);
+        b.iter(|| {
+            codec.push(std::hint::black_box(&flood));
+            let mut n = 0;
+            while let Some(starttls_proxy::smtp::codec::Line::Complete(_)) = codec.next_line() {
+                n += 1;
+            }
+            n
+        })
+    });
     g.finish();
 
     // 1 MiB of 78-character lines, then the terminator.

@@ -17,7 +17,11 @@ pub enum Line {
 
 #[derive(Debug)]
 pub struct LineCodec {
+    /// Received bytes; those before `start` are consumed. Lines are taken
+    /// by moving `start`, and the consumed bytes are dropped once per
+    /// push: taking N lines out of one read costs O(read), not O(N × read).
     buf: Vec<u8>,
+    start: usize,
     limit: usize,
     /// Inside an over-long line: drop bytes up to the next LF.
     discarding: bool,
@@ -32,6 +36,7 @@ impl LineCodec {
     pub fn new(limit: usize) -> Self {
         Self {
             buf: Vec::new(),
+            start: 0,
             limit,
             discarding: false,
             bare_lf: false,
@@ -45,14 +50,34 @@ impl LineCodec {
             .unwrap_or(usize::MAX)
             .min(data.len());
         self.skip -= skipped as u64;
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         self.buf.extend_from_slice(&data[skipped..]);
+    }
+
+    /// What was received and not yet consumed.
+    fn live(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// Marks the next `n` live bytes consumed.
+    fn advance(&mut self, n: usize) {
+        self.start += n.min(self.buf.len() - self.start);
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
     }
 
     /// Drops the next `n` bytes, buffered or still to come, unread: the
     /// content of a BDAT chunk the proxy refused is never a command.
     pub fn skip(&mut self, n: u64) {
-        let now = usize::try_from(n).unwrap_or(usize::MAX).min(self.buf.len());
-        self.buf.drain(..now);
+        let now = usize::try_from(n)
+            .unwrap_or(usize::MAX)
+            .min(self.live().len());
+        self.advance(now);
         self.skip = n - now as u64;
     }
 
@@ -70,19 +95,19 @@ impl LineCodec {
     /// The next complete line, if any.
     pub fn next_line(&mut self) -> Option<Line> {
         loop {
-            match self.buf.iter().position(|&b| b == b'\n') {
+            match memchr::memchr(b'\n', self.live()) {
                 Some(lf) if self.discarding => {
-                    self.buf.drain(..=lf);
+                    self.advance(lf + 1);
                     self.discarding = false;
                     return Some(Line::TooLong);
                 }
                 Some(lf) if lf + 1 > self.limit => {
-                    self.buf.drain(..=lf);
+                    self.advance(lf + 1);
                     return Some(Line::TooLong);
                 }
                 Some(lf) => {
-                    let mut line: Vec<u8> = self.buf.drain(..=lf).collect();
-                    line.pop();
+                    let mut line = self.live()[..lf].to_vec();
+                    self.advance(lf + 1);
                     self.bare_lf = line.last() != Some(&b'\r');
                     if !self.bare_lf {
                         line.pop();
@@ -90,13 +115,13 @@ impl LineCodec {
                     return Some(Line::Complete(line));
                 }
                 None if self.discarding => {
-                    self.buf.clear();
+                    self.advance(usize::MAX);
                     return None;
                 }
-                None if self.buf.len() >= self.limit => {
+                None if self.live().len() >= self.limit => {
                     // Over the limit and no end in sight: drop what we have
                     // and the rest of the line as it arrives.
-                    self.buf.clear();
+                    self.advance(usize::MAX);
                     self.discarding = true;
                     continue;
                 }
@@ -112,30 +137,31 @@ impl LineCodec {
     /// (CVE-2011-0411). For an opportunistic plaintext relay it is handed on.
     pub fn take_buffered(&mut self) -> Vec<u8> {
         self.discarding = false;
+        self.buf.drain(..self.start);
+        self.start = 0;
         std::mem::take(&mut self.buf)
     }
 
     /// Frees the buffer if it is empty and grew past a command's size
     /// (after message content): idle sessions hold next to nothing.
     pub fn release_if_empty(&mut self) {
-        if self.buf.is_empty() && self.buf.capacity() > 1024 {
+        if self.live().is_empty() && self.buf.capacity() > 1024 {
             self.buf = Vec::new();
         }
     }
 
     pub fn buffered_len(&self) -> usize {
-        self.buf.len()
+        self.live().len()
     }
 
     /// Bytes received but not yet consumed (message content in the relay).
     pub fn buffer(&self) -> &[u8] {
-        &self.buf
+        self.live()
     }
 
     /// Drops the first `n` buffered bytes after the caller used them raw.
     pub fn consume(&mut self, n: usize) {
-        let n = n.min(self.buf.len());
-        self.buf.drain(..n);
+        self.advance(n);
     }
 }
 
