@@ -259,7 +259,13 @@ async fn a_silent_server_times_out_within_the_budget() {
 async fn a_lost_query_is_sent_again_within_the_budget() {
     // The first datagram is dropped, as a loaded or just-started server
     // (or the network) may do; one UDP attempt would wait out the budget.
-    let server = LossyServer::start(1).await;
+    // The first query goes unanswered; each later one gets a TXT record.
+    let server = UdpResponder::start(|n, query| {
+        use hickory_resolver::proto::rr::{RData, rdata::TXT};
+        let txt = TXT::new(vec!["second time lucky".to_string()]);
+        (n > 0).then(|| reply_with(query, RData::TXT(txt)))
+    })
+    .await;
     let d = Dns::new(Some(server.addr), Duration::from_secs(3)).unwrap();
     let start = Instant::now();
     let answer = d.txt("lossy.example.test").await;
@@ -276,71 +282,18 @@ async fn a_lost_query_is_sent_again_within_the_budget() {
     assert!(took >= Duration::from_millis(900), "{took:?}");
 }
 
-/// A UDP responder that ignores its first `drop` queries and answers
-/// each later one with a TXT record; counts every query it received.
-struct LossyServer {
-    addr: SocketAddr,
-    queries: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl LossyServer {
-    async fn start(drop: usize) -> LossyServer {
-        use hickory_resolver::proto::op::{Message, MessageType};
-        use hickory_resolver::proto::rr::rdata::TXT;
-        use hickory_resolver::proto::rr::{RData, Record};
-        use std::sync::atomic::Ordering;
-        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = socket.local_addr().unwrap();
-        let queries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = queries.clone();
-        let task = tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            loop {
-                let (n, peer) = socket.recv_from(&mut buf).await.unwrap();
-                if counter.fetch_add(1, Ordering::SeqCst) < drop {
-                    continue;
-                }
-                let query = Message::from_vec(&buf[..n]).unwrap();
-                let mut reply = Message::new();
-                reply
-                    .set_id(query.id())
-                    .set_message_type(MessageType::Response)
-                    .set_recursion_desired(true)
-                    .set_recursion_available(true)
-                    .add_queries(query.queries().to_vec());
-                reply.add_answer(Record::from_rdata(
-                    query.queries()[0].name().clone(),
-                    300,
-                    RData::TXT(TXT::new(vec!["second time lucky".to_string()])),
-                ));
-                socket
-                    .send_to(&reply.to_vec().unwrap(), peer)
-                    .await
-                    .unwrap();
-            }
-        });
-        LossyServer {
-            addr,
-            queries,
-            task,
-        }
-    }
-
-    fn queries(&self) -> usize {
-        self.queries.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-impl Drop for LossyServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 #[tokio::test]
 async fn the_authenticated_bit_is_asked_for_and_reported() {
-    let server = AdServer::start().await;
+    // A TLSA answer `3 1 1 11…` with AD set, as a validating resolver
+    // gives for a signed zone (dnsmasq sets AD only for what it validated).
+    let server = UdpResponder::start(|_, query| {
+        use hickory_resolver::proto::rr::{RData, rdata::TLSA};
+        let tlsa = TLSA::new(3.into(), 1.into(), 1.into(), vec![0x11; 32]);
+        let mut reply = reply_with(query, RData::TLSA(tlsa));
+        reply.set_authentic_data(true);
+        Some(reply)
+    })
+    .await;
     let d = Dns::new(Some(server.addr), Duration::from_secs(3)).unwrap();
     let answer = d.tlsa("mx1.example.test", 25).await.unwrap();
     assert!(answer.authenticated());
@@ -352,58 +305,57 @@ async fn the_authenticated_bit_is_asked_for_and_reported() {
     );
 }
 
-/// A UDP responder that answers any TLSA query with `3 1 1 11…` and the
-/// AD bit set, as a validating resolver does for a signed zone (dnsmasq
-/// sets AD only for what it validated itself). Counts queries with AD.
-struct AdServer {
+/// A UDP DNS responder for what dnsmasq will not do: `answer` sees each
+/// query with its number (0 for the first) and gives the reply to send,
+/// or `None` to drop it. Counts the queries received, and those with AD.
+struct UdpResponder {
     addr: SocketAddr,
+    queries: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     ad_queries: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl AdServer {
-    async fn start() -> AdServer {
-        use hickory_resolver::proto::op::{Message, MessageType};
-        use hickory_resolver::proto::rr::rdata::TLSA;
-        use hickory_resolver::proto::rr::{RData, Record};
+type Answerer = fn(
+    usize,
+    &hickory_resolver::proto::op::Message,
+) -> Option<hickory_resolver::proto::op::Message>;
+
+impl UdpResponder {
+    async fn start(answer: Answerer) -> UdpResponder {
+        use hickory_resolver::proto::op::Message;
         use std::sync::atomic::Ordering;
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
+        let queries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let ad_queries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = ad_queries.clone();
+        let (counter, ad_counter) = (queries.clone(), ad_queries.clone());
         let task = tokio::spawn(async move {
             let mut buf = [0u8; 2048];
             loop {
                 let (n, peer) = socket.recv_from(&mut buf).await.unwrap();
                 let query = Message::from_vec(&buf[..n]).unwrap();
                 if query.authentic_data() {
-                    counter.fetch_add(1, Ordering::SeqCst);
+                    ad_counter.fetch_add(1, Ordering::SeqCst);
                 }
-                let mut reply = Message::new();
-                reply
-                    .set_id(query.id())
-                    .set_message_type(MessageType::Response)
-                    .set_recursion_desired(true)
-                    .set_recursion_available(true)
-                    .set_authentic_data(true)
-                    .add_queries(query.queries().to_vec());
-                let q = &query.queries()[0];
-                reply.add_answer(Record::from_rdata(
-                    q.name().clone(),
-                    300,
-                    RData::TLSA(TLSA::new(3.into(), 1.into(), 1.into(), vec![0x11; 32])),
-                ));
+                let Some(reply) = answer(counter.fetch_add(1, Ordering::SeqCst), &query) else {
+                    continue;
+                };
                 socket
                     .send_to(&reply.to_vec().unwrap(), peer)
                     .await
                     .unwrap();
             }
         });
-        AdServer {
+        UdpResponder {
             addr,
+            queries,
             ad_queries,
             task,
         }
+    }
+
+    fn queries(&self) -> usize {
+        self.queries.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn queries_with_ad(&self) -> usize {
@@ -411,10 +363,33 @@ impl AdServer {
     }
 }
 
-impl Drop for AdServer {
+impl Drop for UdpResponder {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A reply to `query` (same id and question, recursion available)
+/// carrying `data` for its name.
+fn reply_with(
+    query: &hickory_resolver::proto::op::Message,
+    data: hickory_resolver::proto::rr::RData,
+) -> hickory_resolver::proto::op::Message {
+    use hickory_resolver::proto::op::{Message, MessageType};
+    use hickory_resolver::proto::rr::Record;
+    let mut reply = Message::new();
+    reply
+        .set_id(query.id())
+        .set_message_type(MessageType::Response)
+        .set_recursion_desired(true)
+        .set_recursion_available(true)
+        .add_queries(query.queries().to_vec());
+    reply.add_answer(Record::from_rdata(
+        query.queries()[0].name().clone(),
+        300,
+        data,
+    ));
+    reply
 }
 
 // === DANE ===
