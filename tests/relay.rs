@@ -153,12 +153,7 @@ fn a_backend_write_failure_mid_content_gives_one_421() {
     use std::io::{Read, Write};
     let b = FakeBackend::start(FakeBehaviour::DropInData);
     let proxy = Proxy::start(ProxyConfig::servers(&[b.addr]));
-    let mut c = Smtp::connect(proxy.addr());
-    c.expect("220");
-    c.cmd("EHLO client.test", "250");
-    c.cmd("MAIL FROM:<a@sender.test>", "250");
-    c.cmd("RCPT TO:<b@example.test>", "250");
-    c.cmd("DATA", "354");
+    let c = plaintext_in_data(&proxy);
     let mut tcp = c.into_tcp();
     tcp.set_write_timeout(Some(std::time::Duration::from_secs(5)))
         .unwrap();
@@ -387,6 +382,17 @@ fn replies_still_reach_a_client_that_half_closed() {
     assert_eq!(c.reply(), "221 2.0.0 Bye\r\n");
 }
 
+/// A plaintext session (the opportunistic relay) that has had its 354.
+fn plaintext_in_data(proxy: &Proxy) -> Smtp {
+    let mut c = Smtp::connect(proxy.addr());
+    c.expect("220");
+    c.cmd("EHLO client.test", "250");
+    c.cmd("MAIL FROM:<a@sender.test>", "250");
+    c.cmd("RCPT TO:<b@example.test>", "250");
+    c.cmd("DATA", "354");
+    c
+}
+
 /// A client that half-closes in the middle of its content can never end
 /// the message: the session ends at once, and the backend connection goes
 /// without a terminator (it keeps nothing), instead of both being held
@@ -398,12 +404,7 @@ fn a_client_closing_mid_content_ends_the_session_at_once() {
         ProxyConfig::servers(&[b.addr])
             .append("\n[timeouts]\ncommand = \"120s\"\ndata = \"120s\"\n"),
     );
-    let mut c = Smtp::connect(proxy.addr());
-    c.expect("220");
-    c.cmd("EHLO client.test", "250");
-    c.cmd("MAIL FROM:<a@sender.test>", "250");
-    c.cmd("RCPT TO:<b@example.test>", "250");
-    c.cmd("DATA", "354");
+    let mut c = plaintext_in_data(&proxy);
     c.send_raw(b"Subject: cut\r\n\r\nhalf a mess");
     let start = std::time::Instant::now();
     c.shutdown_write();
@@ -581,12 +582,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 #[test]
 fn a_50_mib_message_streams_with_bounded_memory() {
     let proxy = Proxy::start(ProxyConfig::sink());
-    let mut c = Smtp::connect(proxy.addr());
-    c.expect("220");
-    c.cmd("EHLO client.test", "250");
-    c.cmd("MAIL FROM:<a@sender.test>", "250");
-    c.cmd("RCPT TO:<b@example.test>", "250");
-    c.cmd("DATA", "354");
+    let mut c = plaintext_in_data(&proxy);
     let before = peak_rss_kib(proxy.pid());
     let line = format!("{}\r\n", "x".repeat(76));
     let block = line.repeat(64 * 1024 / line.len());
